@@ -1,0 +1,332 @@
+"""On-disk storage of a Catalog as TFDS ArrayRecord data sets (no TensorFlow).
+
+Layout of a data dir:
+
+  meta.json             sizes, attribute names, format version (written last)
+  tokenizer.json        WordPiece tokenizer trained on the item texts
+  oracle_scores.npy     (U, N) float32 true logits, synthetic data only
+  items/1.0.0/          TFDS split "train": item_id, text, image, attributes
+  interactions/1.0.0/   TFDS splits train/valid/test: user_id, item_id, row
+
+TFDS shuffles records on write, so readers must use the stored ids, never
+record positions; `row` is the interaction's row in `Catalog.interactions`,
+which restores the original (time) order. Everything is written into a temp
+folder beside the data dir and renamed into place, so a data dir that exists
+is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmjax.data import catalog as catalog_lib
+from mmjax.data import synthetic
+from mmjax.data import text
+from mmjax.errors import MmjaxError
+
+FORMAT_VERSION = 1
+ITEMS_SPLIT = "train"  # "all" is reserved by TFDS.
+_META, _TOKENIZER, _ORACLE = "meta.json", "tokenizer.json", "oracle_scores.npy"
+_VERSION = "1.0.0"
+_ITEM_FIELDS = ("item_id", "text", "image")
+# Records decoded per bulk read; bounds memory of the raw bytes in flight.
+_READ_CHUNK = 4096
+
+
+class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A builder whose features and split generators are given at construction.
+
+  Not registered with TFDS: readers use `tfds.builder_from_directory`, which
+  needs only the files this writes.
+  """
+  VERSION = tfds.core.Version(_VERSION)
+
+  # No code dir (checksums, metadata files) belongs to these builders. Saying
+  # so also avoids TFDS probing it via `importlib_resources`, which it only
+  # declares as a dependency for Python < 3.9 and then fails to import.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    return None
+
+  def __init__(self, *, features, splits, **kwargs):
+    self._features = features
+    self._splits = splits  # split name -> zero-arg fn yielding (key, example)
+    super().__init__(file_format="array_record", **kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict(self._features))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {name: gen() for name, gen in self._splits.items()}
+
+  def _generate_examples(self):
+    raise NotImplementedError("splits come from _split_generators")
+
+
+class _ItemsBuilder(_Builder, skip_registration=True):
+  name = "items"
+
+
+class _InteractionsBuilder(_Builder, skip_registration=True):
+  name = "interactions"
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Silences TFDS progress bars and its "Downloading and preparing" prints."""
+  was_active = getattr(tfds.core.utils.tqdm_utils, "_active", True)
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.display_progress_bar(was_active)
+
+
+def _item_builder(cat, root):
+  attrs = cat.item_attrs or {}
+  clash = set(attrs) & set(_ITEM_FIELDS)
+  if clash:
+    raise MmjaxError(f"catalog.item_attrs uses reserved names {sorted(clash)}")
+  h, w = cat.item_images.shape[1:3]
+  features = {
+      "item_id": tfds.features.Scalar(np.int32),
+      "text": tfds.features.Text(),
+      "image": tfds.features.Tensor(shape=(h, w, 3), dtype=np.uint8),
+      **{a: tfds.features.Scalar(np.int32) for a in attrs},
+  }
+
+  def examples():
+    for i in range(cat.num_items):
+      yield i, {"item_id": i, "text": cat.item_text[i],
+                "image": cat.item_images[i],
+                **{a: v[i] for a, v in attrs.items()}}
+
+  return _ItemsBuilder(features=features, splits={ITEMS_SPLIT: examples},
+                       data_dir=root)
+
+
+def _interactions_builder(cat, root):
+  features = {
+      "user_id": tfds.features.Scalar(np.int32),
+      "item_id": tfds.features.Scalar(np.int32),
+      "row": tfds.features.Scalar(np.int64),
+  }
+
+  def split_gen(split_id):
+    def examples():
+      for row in np.flatnonzero(cat.split == split_id):
+        user, item = cat.interactions[row]
+        yield int(row), {"user_id": user, "item_id": item, "row": row}
+    return examples
+
+  splits = {name: split_gen(i) for i, name in
+            enumerate(catalog_lib.SPLIT_NAMES)}
+  empty = [n for i, n in enumerate(catalog_lib.SPLIT_NAMES)
+           if not (cat.split == i).any()]
+  if empty:
+    raise MmjaxError(f"catalog.split has no {'/'.join(empty)} interactions")
+  return _InteractionsBuilder(features=features, splits=splits, data_dir=root)
+
+
+def write_catalog(
+    catalog: catalog_lib.Catalog, data_dir: str, *, tokenizer_vocab: int = 1024
+) -> None:
+  """Writes `catalog` as a data dir, replacing an older mmjax data dir there."""
+  _write(catalog, data_dir, tokenizer_vocab=tokenizer_vocab, replace=True)
+
+
+def _write(cat, data_dir, *, tokenizer_vocab, replace, extra_meta=None):
+  """Writes into a temp dir beside data_dir, then renames it into place.
+
+  With replace=False an existing data dir (e.g. one a concurrent process just
+  finished) is kept and the new copy dropped.
+  """
+  cat.validate()
+  data_dir = os.path.abspath(os.fspath(data_dir))
+  if (os.path.isdir(data_dir) and os.listdir(data_dir)
+      and not is_data_dir(data_dir)):
+    raise MmjaxError(f"refusing to overwrite {data_dir}: it is not empty and "
+                     f"not an mmjax data dir (no {_META})")
+  parent, base = os.path.split(data_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+  try:
+    downloads = os.path.join(tmp, "_downloads")
+    with _quiet():
+      for builder in (_item_builder(cat, tmp), _interactions_builder(cat, tmp)):
+        builder.download_and_prepare(download_dir=downloads)
+    shutil.rmtree(downloads, ignore_errors=True)
+    text.train_wordpiece(cat.item_text, tokenizer_vocab).save(
+        os.path.join(tmp, _TOKENIZER))
+    if cat.oracle_scores is not None:
+      np.save(os.path.join(tmp, _ORACLE), cat.oracle_scores)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "num_users": int(cat.num_users),
+        "num_items": int(cat.num_items),
+        "image_size": cat.image_size,
+        "attributes": list(cat.item_attrs or {}),
+        "num_interactions": {n: int((cat.split == i).sum()) for i, n in
+                             enumerate(catalog_lib.SPLIT_NAMES)},
+        **(extra_meta or {}),
+    }
+    with open(os.path.join(tmp, _META), "w") as f:
+      json.dump(meta, f, indent=2)
+    _publish(tmp, data_dir, replace)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)  # A no-op once renamed.
+
+
+def _publish(tmp, data_dir, replace):
+  """Renames tmp to data_dir; each rename is atomic on one filesystem."""
+  if os.path.isdir(data_dir) and not os.listdir(data_dir):
+    os.rmdir(data_dir)
+  if is_data_dir(data_dir):
+    if not replace:
+      return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(data_dir)}.old-",
+                           dir=os.path.dirname(data_dir))
+    os.rename(data_dir, os.path.join(old, "d"))
+    os.rename(tmp, data_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return
+  try:
+    os.rename(tmp, data_dir)
+  except OSError:
+    # Lost a race to another writer; its copy is as good as ours.
+    if replace or not is_data_dir(data_dir):
+      raise
+
+
+def is_data_dir(data_dir: str) -> bool:
+  """Whether data_dir holds a complete mmjax data dir."""
+  return os.path.isfile(os.path.join(data_dir, _META))
+
+
+def read_meta(data_dir: str) -> dict:
+  """meta.json of a data dir; MmjaxError if missing or of another version."""
+  data_dir = os.fspath(data_dir)
+  if not os.path.isdir(data_dir):
+    raise MmjaxError(f"data dir not found: {data_dir}")
+  if not is_data_dir(data_dir):
+    raise MmjaxError(f"{data_dir} is not an mmjax data dir (no {_META})")
+  path = os.path.join(data_dir, _META)
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise MmjaxError(f"cannot read {path}: {e}") from e
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise MmjaxError(
+        f"{path}: format_version "
+        f"{meta.get('format_version')!r} is not the supported {FORMAT_VERSION}")
+  return meta
+
+
+def _source(data_dir, name, split):
+  read_meta(data_dir)
+  builder = tfds.builder_from_directory(
+      os.path.join(os.fspath(data_dir), name, _VERSION))
+  return builder.as_data_source(split)
+
+
+def open_items(data_dir: str):
+  """Random-access source of item records (item_id, text bytes, image, attrs).
+
+  Wrap with `grain.MapDataset.source(...)`. Record i is NOT item i.
+  """
+  return _source(data_dir, "items", ITEMS_SPLIT)
+
+
+def open_interactions(data_dir: str, split: str):
+  """Random-access source of (user_id, item_id, row) records of one split."""
+  catalog_lib.split_index(split)  # Validates the name.
+  return _source(data_dir, "interactions", split)
+
+
+def tokenizer_path(data_dir: str) -> str:
+  return os.path.join(os.fspath(data_dir), _TOKENIZER)
+
+
+def _read_all(source):
+  """All records of a source as a dict of stacked numpy arrays."""
+  out = {}
+  for lo in range(0, len(source), _READ_CHUNK):
+    keys = list(range(lo, min(len(source), lo + _READ_CHUNK)))
+    for record in source.__getitems__(keys):
+      for k, v in record.items():
+        out.setdefault(k, []).append(v)
+  return {k: np.stack(v) for k, v in out.items()}
+
+
+def load_catalog(data_dir: str) -> catalog_lib.Catalog:
+  """Reads a data dir back into a Catalog (items ordered by item_id)."""
+  meta = read_meta(data_dir)
+  n, u = meta["num_items"], meta["num_users"]
+  items = _read_all(open_items(data_dir))
+  order = np.argsort(items["item_id"])
+  if not np.array_equal(items["item_id"][order], np.arange(n)):
+    raise MmjaxError(f"{data_dir}: item ids are not exactly 0..{n - 1}")
+  attrs = {a: items[a][order].astype(np.int32) for a in meta["attributes"]}
+
+  parts = [_read_all(open_interactions(data_dir, s))
+           for s in catalog_lib.SPLIT_NAMES]
+  rows = np.concatenate([p["row"] for p in parts])
+  order_rows = np.argsort(rows)
+  pairs = np.concatenate(
+      [np.stack([p["user_id"], p["item_id"]], axis=1) for p in parts])
+  split = np.concatenate(
+      [np.full(len(p["row"]), i, np.int8) for i, p in enumerate(parts)])
+
+  oracle_file = os.path.join(data_dir, _ORACLE)
+  return catalog_lib.Catalog(
+      item_text=[t.decode("utf-8") for t in items["text"][order]],
+      item_images=items["image"][order],
+      interactions=pairs[order_rows].astype(np.int32),
+      split=split[order_rows],
+      num_users=u,
+      num_items=n,
+      item_attrs=attrs or None,
+      oracle_scores=(np.load(oracle_file) if os.path.exists(oracle_file)
+                     else None),
+  ).validate()
+
+
+def _default_cache_root():
+  return os.environ.get("MMJAX_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "mmjax")
+
+
+def ensure_synthetic(
+    spec: synthetic.SyntheticSpec, cache_root: str | None = None
+) -> str:
+  """Data dir of `spec`, generated and written on first use.
+
+  The dir lives in cache_root (default: $MMJAX_CACHE or ~/.cache/mmjax) under
+  a name hashed from the spec and the format version, so any change to either
+  gets a fresh dir.
+  """
+  key = json.dumps({"spec": dataclasses.asdict(spec),
+                    "format_version": FORMAT_VERSION}, sort_keys=True)
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  data_dir = os.path.join(cache_root or _default_cache_root(),
+                          f"synthetic-{digest}")
+  if not is_data_dir(data_dir):
+    _write(synthetic.generate(spec), data_dir, tokenizer_vocab=1024,
+           replace=False,
+           extra_meta={"synthetic_spec": dataclasses.asdict(spec)})
+  return data_dir

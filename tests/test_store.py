@@ -1,0 +1,156 @@
+"""Tests of the TFDS ArrayRecord storage of catalogs."""
+
+import json
+import os
+
+import grain
+import numpy as np
+import pytest
+
+from mmjax.data import catalog as catalog_lib
+from mmjax.data import store
+from mmjax.data import synthetic
+from mmjax.data import text
+from mmjax.errors import MmjaxError
+
+SMALL = synthetic.SyntheticSpec(num_items=120, num_users=60, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+  cat = synthetic.generate(SMALL)
+  data_dir = str(tmp_path_factory.mktemp("store") / "small")
+  store.write_catalog(cat, data_dir, tokenizer_vocab=512)
+  return cat, data_dir
+
+
+def test_round_trip(written):
+  cat, data_dir = written
+  back = store.load_catalog(data_dir)
+  assert back.item_text == cat.item_text
+  assert np.array_equal(back.item_images, cat.item_images)
+  # Row order (i.e. time order) survives TFDS's record shuffling.
+  assert np.array_equal(back.interactions, cat.interactions)
+  assert np.array_equal(back.split, cat.split)
+  for s in range(3):
+    assert np.array_equal(back.split_pairs(s), cat.split_pairs(s))
+  assert list(back.item_attrs) == list(cat.item_attrs)
+  for k, v in cat.item_attrs.items():
+    assert np.array_equal(back.item_attrs[k], v)
+  assert np.array_equal(back.oracle_scores, cat.oracle_scores)
+  assert (back.num_users, back.num_items) == (cat.num_users, cat.num_items)
+
+
+def test_layout_and_meta(written):
+  cat, data_dir = written
+  assert sorted(os.listdir(data_dir)) == [
+      "interactions", "items", "meta.json", "oracle_scores.npy",
+      "tokenizer.json"]
+  meta = store.read_meta(data_dir)
+  assert meta["num_users"] == cat.num_users
+  assert meta["num_items"] == cat.num_items
+  assert meta["image_size"] == SMALL.image_size
+  assert meta["attributes"] == list(synthetic.VOCAB)
+  assert meta["format_version"] == store.FORMAT_VERSION
+  # No temp or backup folders left beside the data dir.
+  assert os.listdir(os.path.dirname(data_dir)) == ["small"]
+
+
+def test_grain_items_source(written):
+  cat, data_dir = written
+  ds = grain.MapDataset.source(store.open_items(data_dir))
+  assert len(ds) == cat.num_items
+  for i in (0, 7, len(ds) - 1):
+    rec = ds[i]
+    item = int(rec["item_id"])
+    assert rec["text"].decode() == cat.item_text[item]
+    assert np.array_equal(rec["image"], cat.item_images[item])
+    assert rec["image"].shape == (16, 16, 3) and rec["image"].dtype == np.uint8
+    for a, v in cat.item_attrs.items():
+      assert rec[a] == v[item]
+
+
+def test_interaction_sources(written):
+  cat, data_dir = written
+  for s, name in enumerate(catalog_lib.SPLIT_NAMES):
+    src = store.open_interactions(data_dir, name)
+    pairs = cat.split_pairs(s)
+    assert len(src) == len(pairs)
+    rec = grain.MapDataset.source(src)[0]
+    assert tuple(cat.interactions[rec["row"]]) == (rec["user_id"],
+                                                   rec["item_id"])
+    assert cat.split[rec["row"]] == s
+  with pytest.raises(MmjaxError, match="unknown split"):
+    store.open_interactions(data_dir, "eval")
+
+
+def test_tokenizer_file(written):
+  cat, data_dir = written
+  tok = text.load_tokenizer(store.tokenizer_path(data_dir))
+  assert tok.token_to_id("[PAD]") == 0
+  assert tok.token_to_id("[UNK]") not in tok.encode(cat.item_text[0]).ids
+
+
+def test_missing_dirs(tmp_path):
+  with pytest.raises(MmjaxError, match="data dir not found"):
+    store.load_catalog(str(tmp_path / "nope"))
+  with pytest.raises(MmjaxError, match="not an mmjax data dir"):
+    store.load_catalog(str(tmp_path))
+  with pytest.raises(MmjaxError, match="not an mmjax data dir"):
+    store.open_items(str(tmp_path))
+
+
+def test_write_is_quiet_and_replaces(tmp_path, capsys):
+  cat = synthetic.generate(synthetic.SyntheticSpec(
+      num_items=40, num_users=20, interactions_per_user=10, image_size=8))
+  data_dir = str(tmp_path / "d")
+  store.write_catalog(cat, data_dir)
+  cat.oracle_scores = None
+  cat.item_attrs = None
+  store.write_catalog(cat, data_dir)
+  assert capsys.readouterr().out == ""
+  back = store.load_catalog(data_dir)
+  assert back.oracle_scores is None and back.item_attrs is None
+  assert back.item_text == cat.item_text
+  assert os.listdir(tmp_path) == ["d"]
+  # A non-empty folder that is not a data dir is never overwritten.
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "precious.txt").write_text("keep me")
+  with pytest.raises(MmjaxError, match="refusing to overwrite"):
+    store.write_catalog(cat, str(other))
+  assert os.listdir(other) == ["precious.txt"]
+
+
+def test_write_rejects_bad_catalog(tmp_path):
+  cat = synthetic.generate(synthetic.SyntheticSpec(
+      num_items=40, num_users=20, interactions_per_user=10, image_size=8))
+  cat.split = cat.split.astype(np.int64)
+  with pytest.raises(MmjaxError, match="split"):
+    store.write_catalog(cat, str(tmp_path / "d"))
+  assert not os.path.exists(tmp_path / "d")
+
+
+def test_ensure_synthetic_caches(tmp_path, monkeypatch):
+  spec = synthetic.SyntheticSpec(num_items=40, num_users=20,
+                                 interactions_per_user=10, image_size=8)
+  monkeypatch.setenv("MMJAX_CACHE", str(tmp_path))
+  data_dir = store.ensure_synthetic(spec)
+  assert os.path.dirname(data_dir) == str(tmp_path)
+  meta_file = os.path.join(data_dir, "meta.json")
+  mtime = os.stat(meta_file).st_mtime_ns
+  with open(meta_file) as f:
+    assert json.load(f)["synthetic_spec"]["num_items"] == 40
+
+  def fail(_):
+    raise AssertionError("regenerated a cached data set")
+  monkeypatch.setattr(synthetic, "generate", fail)
+  assert store.ensure_synthetic(spec) == data_dir
+  assert os.stat(meta_file).st_mtime_ns == mtime
+  # Another spec gets another dir (and would have to be generated).
+  with pytest.raises(AssertionError, match="regenerated"):
+    store.ensure_synthetic(synthetic.dataclasses.replace(spec, seed=1))
+  monkeypatch.undo()
+  other_root = tmp_path / "explicit"
+  assert store.ensure_synthetic(spec, str(other_root)).startswith(
+      str(other_root))
