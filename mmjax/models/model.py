@@ -1,0 +1,106 @@
+"""The whole model: encoders -> aligners -> fusion -> recommender.
+
+`build_model` turns `config.model` into one NNX module tree (no shared
+submodules); the train step splits it once and merges inside `jax.jit`.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmjax.models.aligners import Projection
+from mmjax.models.encoders.text import BertEncoder, MaskedLMHead
+from mmjax.models.encoders.vision import SmallCNN, ViT
+from mmjax.models.fusion import build_fusion
+from mmjax.models.recommender import Recommender
+
+
+@dataclasses.dataclass(frozen=True)
+class DataShapes:
+  """What the model needs to know about the data it is built for."""
+  vocab_size: int
+  max_text_len: int
+  image_size: int
+  num_users: int
+  num_items: int
+
+
+class ContrastiveParams(nnx.Module):
+  """Learnable temperature (InfoNCE) and temperature + bias (SigLIP)."""
+
+  def __init__(self):
+    self.infonce_log_scale = nnx.Param(jnp.log(1 / 0.07) * jnp.ones(()))
+    self.siglip_log_t = nnx.Param(jnp.log(10.0) * jnp.ones(()))
+    self.siglip_bias = nnx.Param(-10.0 * jnp.ones(()))
+
+
+class MultimodalRecommender(nnx.Module):
+  """Item = fusion(aligned text, aligned image) [+ item ID]; user tower; dot."""
+
+  def __init__(self, cfg, shapes: DataShapes, *, rngs: nnx.Rngs):
+    dtype = jnp.dtype(cfg.dtype)
+    t, im, f = cfg.text, cfg.image, cfg.fusion
+    self.text = BertEncoder(
+        vocab_size=shapes.vocab_size, hidden=t.hidden, layers=t.layers,
+        heads=t.heads, mlp_dim=t.mlp_dim, max_len=shapes.max_text_len,
+        type_vocab=t.type_vocab, pooling=t.pooling, dropout=t.dropout,
+        dtype=dtype, rngs=rngs)
+    self.mlm_head = MaskedLMHead(t.hidden, shapes.vocab_size, dtype=dtype, rngs=rngs)
+    if im.kind == "vit":
+      self.image = ViT(
+          image_size=shapes.image_size, patch_size=im.patch_size,
+          hidden=im.hidden, layers=im.layers, heads=im.heads,
+          mlp_dim=im.mlp_dim, pooling=im.pooling, dropout=im.dropout,
+          dtype=dtype, rngs=rngs)
+    else:
+      self.image = SmallCNN(
+          image_size=shapes.image_size, widths=tuple(im.cnn_widths),
+          hidden=im.hidden, dtype=dtype, rngs=rngs)
+    self.text_proj = Projection(t.hidden, cfg.dim, dtype=dtype, rngs=rngs)
+    self.image_proj = Projection(im.hidden, cfg.dim, dtype=dtype, rngs=rngs)
+    fusion_kwargs = dict(dim=cfg.dim, out_dim=cfg.dim, dropout=f.dropout,
+                         dtype=dtype, rngs=rngs)
+    if f.kind == "mlp":
+      fusion_kwargs.update(hidden=f.hidden)
+    else:
+      fusion_kwargs.update(heads=f.heads, layers=f.layers,
+                           text_dim=t.hidden, image_dim=im.hidden)
+    self.fusion = build_fusion(f.kind, **fusion_kwargs)
+    self.contrastive = ContrastiveParams()
+    self.rec = Recommender(
+        num_users=shapes.num_users, num_items=shapes.num_items, dim=cfg.dim,
+        item_id_embedding=cfg.rec.item_id_embedding,
+        user_id_embedding=cfg.rec.user_id_embedding, rngs=rngs)
+
+  def encode_items(self, tokens, mask, images, item_ids, *,
+                   deterministic: bool = True, rngs: nnx.Rngs | None = None):
+    """Returns the aligned per-modality vectors and the item vectors."""
+    text_tokens, text_pooled = self.text(
+        tokens, mask, deterministic=deterministic, rngs=rngs)
+    image_tokens, image_pooled = self.image(
+        images, deterministic=deterministic, rngs=rngs)
+    z_text = self.text_proj(text_pooled)
+    z_image = self.image_proj(image_pooled)
+    fused = self.fusion(z_text, z_image, text_tokens=text_tokens,
+                        text_mask=mask, image_tokens=image_tokens,
+                        deterministic=deterministic, rngs=rngs)
+    return dict(z_text=z_text, z_image=z_image,
+                item=self.rec.item_vectors(fused, item_ids))
+
+  def encode_users(self, user_ids, history):
+    return self.rec.user_vectors(user_ids, history)
+
+  def mlm_logits(self, tokens, mask, *, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None):
+    hidden, _ = self.text(tokens, mask, deterministic=deterministic, rngs=rngs)
+    return self.mlm_head(hidden, self.text.embeddings.word_embeddings.embedding[...])
+
+  def orthogonality_penalty(self) -> jax.Array:
+    return (self.text_proj.orthogonality_penalty()
+            + self.image_proj.orthogonality_penalty())
+
+
+def build_model(cfg, shapes: DataShapes, *, seed: int) -> MultimodalRecommender:
+  return MultimodalRecommender(cfg, shapes, rngs=nnx.Rngs(params=seed, dropout=seed + 1))

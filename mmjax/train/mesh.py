@@ -1,0 +1,50 @@
+"""Device mesh and the shardings of batches and parameters."""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mmjax.errors import MmjaxError
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  """A ('data', 'model') mesh over `devices` (default: all devices).
+
+  The `model` axis is there for later tensor/FSDP sharding rules; with the
+  default model=1 every parameter is replicated and the batch is split on
+  `data`.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  model = mesh_cfg.model
+  if model <= 0 or len(devices) % model:
+    raise MmjaxError(
+        f"config.mesh.model={model} must divide the device count {len(devices)}")
+  data = len(devices) // model if mesh_cfg.data == -1 else mesh_cfg.data
+  if data * model != len(devices):
+    raise MmjaxError(
+        f"config.mesh data*model = {data}*{model} != {len(devices)} devices")
+  return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+  n = mesh.shape["data"]
+  if batch_size % n or batch_size % jax.process_count():
+    raise MmjaxError(
+        f"config.train.batch_size={batch_size} is not divisible by the "
+        f"{n} devices of the mesh's data axis"
+        + (f" and {jax.process_count()} processes" if jax.process_count() > 1 else ""))
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+  """Assembles each process's slice of the batch into global jax.Arrays."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local.items()}

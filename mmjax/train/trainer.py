@@ -1,0 +1,193 @@
+"""train_and_evaluate: the whole run, from config to summary.json."""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from mmjax import config as config_lib
+from mmjax.data import store
+from mmjax.data.features import TextTokenizer
+from mmjax.data.pipeline import train_dataset
+from mmjax.data.synthetic import SyntheticSpec
+from mmjax.errors import MmjaxError
+from mmjax.eval.evaluate import baselines, evaluate
+from mmjax.models.model import DataShapes, build_model
+from mmjax.train import mesh as mesh_lib
+from mmjax.train import reporting
+from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.optimizer import learning_rate, make_optimizer
+from mmjax.train.step import init_state, make_train_step, state_shardings
+
+
+def prepare_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise MmjaxError(f"workdir is not writable: {workdir} ({e.strerror})") from None
+  return workdir
+
+
+def resolve_data_dir(data_cfg) -> str:
+  """The configured data dir, or the embedded catalog (generated once, cached)."""
+  if data_cfg.dir:
+    if not os.path.isdir(data_cfg.dir):
+      raise MmjaxError(f"data dir not found: {data_cfg.dir}")
+    return data_cfg.dir
+  spec = SyntheticSpec(**data_cfg.synthetic.to_dict())
+  return store.ensure_synthetic(spec, data_cfg.cache_dir or None)
+
+
+def _report_compiled(compiled, log) -> float:
+  """Prints per-device memory and FLOPs of the compiled step; returns FLOPs."""
+  flops = 0.0
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0))
+  except Exception:  # Not every backend reports costs.
+    pass
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    total = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+             + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+    log(f"compiled train step: {total / 2**20:.1f} MiB per device "
+        f"(args {mem.argument_size_in_bytes / 2**20:.1f}, temp "
+        f"{mem.temp_size_in_bytes / 2**20:.1f}), {flops / 1e9:.2f} GFLOPs/step")
+  return flops
+
+
+def _mean_metrics(pending: list) -> dict:
+  host = jax.device_get(pending)
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def train_and_evaluate(config, workdir: str, log=print) -> dict:
+  config_lib.validate(config)
+  workdir = prepare_workdir(workdir)
+  t_setup = time.time()
+  data_dir = resolve_data_dir(config.data)
+  catalog = store.load_catalog(data_dir)
+  tokenizer = TextTokenizer(store.tokenizer_path(data_dir), config.data.max_text_len)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  mesh_lib.check_batch_size(config.train.batch_size, mesh)
+  log(f"data: {catalog.num_items} items, {catalog.num_users} users, "
+      f"{len(catalog.interactions)} interactions ({data_dir})")
+  log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
+      f"device(s), {jax.process_count()} process(es)")
+
+  shapes = DataShapes(
+      vocab_size=tokenizer.vocab_size, max_text_len=config.data.max_text_len,
+      image_size=catalog.item_images.shape[1], num_users=catalog.num_users,
+      num_items=catalog.num_items)
+  model = build_model(config.model, shapes, seed=config.seed)
+  tx = make_optimizer(config.train)
+  graphdef, state = init_state(model, tx, config.seed)
+  del model
+  shardings = state_shardings(state, mesh)
+  state = jax.device_put(state, shardings)
+  step_fn = make_train_step(graphdef, tx, config.loss, mesh, shardings,
+                            learning_rate(config.train))
+
+  data_iter = iter(train_dataset(
+      data_dir, catalog, config.data, batch_size=config.train.batch_size,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count()))
+  ckpt = Checkpointer(workdir, every=config.train.checkpoint_every,
+                      keep=config.train.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state, data_iter)
+    log(f"resumed from checkpoint at step {int(state['step'])}")
+  start = int(state["step"])
+  writer = reporting.MetricsWriter(workdir)
+  reporting.truncate_after(writer.path, start) if writer.active else None
+
+  total = config.train.steps
+  batch = mesh_lib.global_batch(next(data_iter), mesh)
+  t0 = time.time()
+  compiled = step_fn.lower(state, batch).compile()
+  flops = _report_compiled(compiled, log)
+  log(f"setup {t0 - t_setup:.1f}s, compile {time.time() - t0:.1f}s")
+
+  pending, seconds, examples, bar = [], 0.0, 0, None
+  if start < total:
+    bar = tqdm(total=total, initial=start, desc="train", unit="step",
+               dynamic_ncols=True, disable=jax.process_index() != 0)
+  t_loop = time.time()
+  for step in range(start + 1, total + 1):
+    if step > start + 1:
+      batch = mesh_lib.global_batch(next(data_iter), mesh)
+    state, metrics = compiled(state, batch)
+    pending.append(metrics)
+    if step % config.train.log_every == 0 or step == total:
+      row = _mean_metrics(pending)
+      pending = []
+      seconds = time.time() - t_loop
+      examples = (step - start) * config.train.batch_size
+      row["examples_per_sec"] = examples / max(seconds, 1e-9)
+      writer.write(step, row)
+      bar.set_postfix(loss=f"{row['loss']:.3f}", ex_s=f"{row['examples_per_sec']:.0f}")
+    bar.update(1)
+    ckpt.save(step, state, data_iter, force=step == total)
+  if bar is not None:
+    bar.close()
+  ckpt.wait()
+  seconds = time.time() - t_loop
+
+  log("evaluating ...")
+  t_eval = time.time()
+  result = evaluate(graphdef, state["params"], state["rest"], catalog, tokenizer,
+                    mesh, history_len=config.data.history_len,
+                    batch_size=config.train.eval_batch_size)
+  result.update(baselines(catalog))
+  result["retrieval"]["chance_r@1"] = 1.0 / catalog.num_items
+  summary = dict(
+      data=dict(num_items=catalog.num_items, num_users=catalog.num_users,
+                num_interactions=int(len(catalog.interactions)), dir=data_dir),
+      **result,
+      train=dict(steps=total, resumed_from=start, seconds=seconds,
+                 examples_per_sec=examples / max(seconds, 1e-9) if examples else 0.0,
+                 flops_per_step=flops, eval_seconds=time.time() - t_eval),
+      config=config.to_dict())
+  ckpt.close()
+  writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=_jsonable)
+    reporting.plot_curves(writer.path, os.path.join(workdir, "curves.png"))
+    log(format_summary(summary))
+  return summary
+
+
+def _jsonable(x):
+  if isinstance(x, (np.integer, np.floating)):
+    return x.item()
+  if isinstance(x, (tuple, set)):
+    return list(x)
+  raise TypeError(f"not JSON serializable: {type(x)}")
+
+
+def format_summary(s: dict) -> str:
+  """A short human-readable table of the run's results."""
+  lines = ["", "results (test split, train items masked):",
+           f"  {'':12s} {'recall@20':>10s} {'ndcg@20':>10s} {'recall@50':>10s}"]
+  for name in ("test", "oracle", "popularity"):
+    if name in s:
+      m = s[name]
+      lines.append(f"  {name:12s} {m['recall@20']:10.4f} {m['ndcg@20']:10.4f} "
+                   f"{m['recall@50']:10.4f}")
+  r = s["retrieval"]
+  lines.append(f"  text->image R@1 {r['t2i_r@1']:.3f}  R@10 {r['t2i_r@10']:.3f}  "
+               f"image->text R@1 {r['i2t_r@1']:.3f}  (chance {r['chance_r@1']:.4f})")
+  t = s["train"]
+  lines.append(f"  train: {t['steps']} steps, {t['examples_per_sec']:.0f} ex/s, "
+               f"{t['seconds']:.0f}s")
+  return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Shared fixtures: one tiny config and one tiny generated catalog per session.
+
+JAX compiles dominate CPU test time, so models are tiny and the persistent
+compilation cache is shared by every test process (subprocesses included).
+"""
+
+import os
+import sys
+
+import pytest
+
+_CACHE = os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+sys.path.insert(0, os.path.dirname(__file__))
+from tiny import tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("mmjax_cache"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(cache_root):
+  """The tiny embedded catalog, generated once per test session."""
+  from mmjax.data import store
+  from mmjax.data.synthetic import SyntheticSpec
+  cfg = tiny_config()
+  return store.ensure_synthetic(SyntheticSpec(**cfg.data.synthetic.to_dict()), cache_root)
+
+
+@pytest.fixture()
+def config(data_dir):
+  cfg = tiny_config()
+  cfg.data.dir = data_dir
+  return cfg

@@ -1,0 +1,29 @@
+"""The tiny config every trainer test uses (importable from subprocesses)."""
+
+from mmjax.config import default_config
+
+
+def tiny_config():
+  c = default_config()
+  c.data.synthetic.num_items = 96
+  c.data.synthetic.num_users = 48
+  c.data.synthetic.image_size = 16
+  c.data.synthetic.interactions_per_user = 12
+  c.data.max_text_len = 16
+  c.data.history_len = 4
+  c.data.num_threads = 1
+  c.model.dim = 16
+  c.model.text.update(hidden=16, layers=1, heads=2, mlp_dim=32)
+  c.model.image.update(hidden=16, layers=1, heads=2, mlp_dim=32, patch_size=8,
+                       cnn_widths=(8, 16))
+  c.model.fusion.update(hidden=32, heads=2)
+  c.loss.siglip = 0.1
+  c.loss.bpr = 0.1
+  c.loss.bce = 0.1
+  c.train.steps = 6
+  c.train.batch_size = 16
+  c.train.warmup_steps = 2
+  c.train.log_every = 2
+  c.train.checkpoint_every = 3
+  c.train.eval_batch_size = 32
+  return c
