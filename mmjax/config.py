@@ -27,6 +27,7 @@ def default_config() -> ConfigDict:
   c.data.max_text_len = 32
   c.data.history_len = 20     # Train items pooled by the user tower.
   c.data.mlm_prob = 0.15
+  c.data.mlm_max_predictions = 4  # Per text; BERT's max_predictions_per_seq.
   c.data.augment = True
   c.data.worker_count = 0     # >0: grain worker processes (mp_prefetch).
   c.data.num_threads = 2
@@ -43,7 +44,9 @@ def default_config() -> ConfigDict:
       pooling="cls", dropout=0.0, cnn_widths=(16, 32, 64)))
   c.model.fusion = ConfigDict(dict(
       kind="mlp", hidden=128, heads=4, layers=1, dropout=0.0))
-  c.model.rec = ConfigDict(dict(item_id_embedding=True, user_id_embedding=True))
+  c.model.rec = ConfigDict(dict(
+      item_id_embedding=True, user_id_embedding=True,
+      history="memory"))   # "memory" (item-vector bank) or "embedding".
 
   c.loss = ConfigDict()
   # Weights of the terms of the one objective; 0 switches a term off.
@@ -83,13 +86,14 @@ _CHOICES = {
     "model.image.kind": ("vit", "cnn"),
     "model.image.pooling": ("cls", "mean"),
     "model.fusion.kind": ("mlp", "cross_attention"),
+    "model.rec.history": ("memory", "embedding"),
 }
 _POSITIVE = (
     "train.steps", "train.batch_size", "train.log_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size",
     "model.dim", "model.text.hidden", "model.text.layers", "model.text.heads",
     "model.image.hidden", "model.image.layers", "model.image.heads",
-    "data.max_text_len", "data.history_len",
+    "data.max_text_len", "data.history_len", "data.mlm_max_predictions",
     "data.synthetic.num_items", "data.synthetic.num_users",
     "data.synthetic.image_size",
 )

@@ -39,11 +39,11 @@ def run(cfg, data_dir, devices):
   batch = mesh_lib.global_batch(local, mesh)
   grad_fn = make_grad_fn(graphdef, cfg.loss, mesh, sh)
   rng = jax.random.key_data(jax.random.key(1))
-  (loss, terms), grads = grad_fn(state["params"], state["rest"], batch, rng, state["step"])
+  (loss, (terms, _)), grads = grad_fn(state["params"], state["rest"], batch, rng, state["step"])
   step = make_train_step(graphdef, tx, cfg.loss, mesh, sh, learning_rate(cfg.train))
   new_state, _ = step(state, batch)
   assert len(batch["tokens"].sharding.device_set) == len(devices)
-  return jax.device_get((loss, terms, grads, new_state["params"]))
+  return jax.device_get((loss, terms, grads, (new_state["params"], new_state["rest"])))
 
 
 def main():

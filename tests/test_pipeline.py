@@ -21,10 +21,9 @@ def test_batches_have_the_model_inputs(config, data_dir):
   assert b["image"].shape == (8, S, S, 3) and b["image"].dtype == np.float32
   assert -1.0 <= b["image"].min() and b["image"].max() <= 1.0
   assert b["history"].shape == (8, H)
-  # Labels only where tokens were masked; the target never in its own history.
-  assert np.all((b["mlm_labels"] == -1) | (b["mask"] == 1))
-  for hist, item in zip(b["history"], b["item_id"]):
-    assert item not in hist
+  P = config.data.mlm_max_predictions
+  assert b["mlm_positions"].shape == b["mlm_labels"].shape == (8, P)
+  assert b["log_q"].shape == (8,) and np.all(b["log_q"] < 0)
   # The joined text is the item's own description.
   tok = b["tokens"][0][b["mask"][0] == 1]
   assert len(tok) >= 3 and tok[0] != tok[1]

@@ -1,11 +1,18 @@
-"""The grain train pipeline: interactions -> joined item features -> batches.
+"""The grain train pipeline: interactions -> batches with joined item features.
 
-Reads the TFDS ArrayRecord interactions (train split) and items through grain:
-seeded global shuffle (a new order every epoch), per-process sharding, the
-item join (text, image), tokenization, per-example random transforms (BERT
-masking, image augmentation, history sampling; seeded per example so the
-stream is reproducible and resumable), batching and prefetch (threads, or
-worker processes with `data.worker_count > 0`).
+Streams the catalog's train interactions (read from its TFDS ArrayRecord
+files by `store.load_catalog`) through grain: seeded global
+shuffle (a new order every epoch), per-process sharding, batching, then one
+vectorized random transform per batch (item join, BERT masking, image
+normalization + augmentation, history sampling). Its randomness is seeded by
+the batch's position in the stream, so the stream is reproducible and
+resumable from grain's iterator state. Prefetch runs in threads, or in worker
+processes with `data.worker_count > 0`.
+
+Items are tokenized once, up front, into an in-memory `ItemFeatures` table,
+and interactions stream from memory: per-example tokenization and record
+decoding (~0.3 ms each) would cost more CPU than the train step on a small
+machine.
 """
 
 import dataclasses
@@ -14,89 +21,74 @@ import grain
 import numpy as np
 
 from mmjax.data import store
-from mmjax.data.features import (TextTokenizer, augment_image, mask_tokens,
+from mmjax.data.catalog import TRAIN
+from mmjax.data.features import (TextTokenizer, augment_images, mask_tokens,
                                  normalize_images)
 
 
-def train_histories(interactions: np.ndarray, split: np.ndarray,
-                    num_users: int) -> list[np.ndarray]:
-  """Each user's train items, sorted (the user tower's input)."""
-  train = interactions[split == 0]
-  order = np.lexsort((train[:, 1], train[:, 0]))
-  train = train[order]
-  bounds = np.searchsorted(train[:, 0], np.arange(num_users + 1))
-  return [train[bounds[u]:bounds[u + 1], 1].astype(np.int32) for u in range(num_users)]
+@dataclasses.dataclass(frozen=True)
+class ItemFeatures:
+  """Model inputs of every item, indexed by item id."""
+  tokens: np.ndarray   # (N, L) int32
+  mask: np.ndarray     # (N, L) int32
+  images: np.ndarray   # (N, H, W, 3) uint8
+
+  @classmethod
+  def build(cls, catalog, tokenizer: TextTokenizer) -> "ItemFeatures":
+    tokens, mask = tokenizer.encode_all(catalog.item_text)
+    return cls(tokens, mask, catalog.item_images)
 
 
-def pad_history(items: np.ndarray, length: int) -> np.ndarray:
-  out = np.full((length,), -1, np.int32)
-  out[:min(length, len(items))] = items[-length:]
-  return out
-
-
-def log_popularity(interactions: np.ndarray, split: np.ndarray, num_items: int):
-  """log of each item's share of train interactions (logQ correction)."""
-  counts = np.bincount(interactions[split == 0, 1], minlength=num_items)
-  return np.log((counts + 1.0) / (counts.sum() + num_items)).astype(np.float32)
-
-
-class _ItemLookup:
-  """Random access to item records by item id (TFDS stores them shuffled)."""
-
-  def __init__(self, data_dir: str):
-    self.data_dir = data_dir
-    self._source = store.open_items(data_dir)
-    ids = np.asarray([self._source[i]["item_id"] for i in range(len(self._source))])
-    self._index = np.empty(ids.max() + 1, np.int64)
-    self._index[ids] = np.arange(len(ids))
-
-  def __getitem__(self, item_id: int) -> dict:
-    return self._source[int(self._index[item_id])]
-
-  def __getstate__(self):
-    return dict(data_dir=self.data_dir)
-
-  def __setstate__(self, state):
-    self.__init__(state["data_dir"])
+def log_popularity(catalog) -> np.ndarray:
+  """log of each item's (smoothed) share of train interactions: logQ."""
+  counts = catalog.item_popularity().astype(np.float64)
+  return np.log((counts + 1.0) / (counts.sum() + len(counts))).astype(np.float32)
 
 
 @dataclasses.dataclass
-class JoinItem(grain.transforms.Map):
-  """(user, item) -> + tokens, mask, image (uint8), log_q."""
-  items: _ItemLookup
+class BatchTransform(grain.transforms.RandomMap):
+  """{user_id, item_id} batch -> every model input, vectorized over the batch."""
+  items: ItemFeatures
   tokenizer: TextTokenizer
+  histories: np.ndarray   # (U, max train items) int32, -1 padded
   log_q: np.ndarray
-
-  def map(self, ex):
-    item = self.items[ex["item_id"]]
-    tokens, mask = self.tokenizer(item["text"])
-    return dict(user_id=np.int32(ex["user_id"]), item_id=np.int32(ex["item_id"]),
-                tokens=tokens, mask=mask, image=item["image"],
-                log_q=self.log_q[ex["item_id"]])
-
-
-@dataclasses.dataclass
-class RandomExampleTransforms(grain.transforms.RandomMap):
-  """BERT masking, image augmentation and history sampling for one example."""
-  tokenizer: TextTokenizer
-  histories: list
   history_len: int
   mlm_prob: float
+  mlm_max_predictions: int
   augment: bool
 
-  def random_map(self, ex, rng: np.random.Generator):
-    ex = dict(ex)
-    ex["mlm_tokens"], ex["mlm_labels"] = mask_tokens(
-        ex["tokens"], ex["mask"], self.tokenizer, self.mlm_prob, rng)
-    image = normalize_images(ex["image"])
-    ex["image"] = augment_image(image, rng) if self.augment else image
-    # The target itself is never part of the history the user tower sees.
-    hist = self.histories[ex["user_id"]]
-    hist = hist[hist != ex["item_id"]]
-    if len(hist) > self.history_len:
-      hist = np.sort(rng.choice(hist, self.history_len, replace=False))
-    ex["history"] = pad_history(hist, self.history_len)
-    return ex
+  def random_map(self, batch, rng: np.random.Generator):
+    users = np.asarray(batch["user_id"], np.int32)
+    item_ids = np.asarray(batch["item_id"], np.int32)
+    tokens, mask = self.items.tokens[item_ids], self.items.mask[item_ids]
+    mlm_tokens, positions, labels = mask_tokens(
+        tokens, mask, self.tokenizer, self.mlm_prob, self.mlm_max_predictions, rng)
+    images = normalize_images(self.items.images[item_ids])
+    if self.augment:
+      images = augment_images(images, rng)
+    return dict(
+        user_id=users, item_id=item_ids, tokens=tokens, mask=mask, image=images,
+        mlm_tokens=mlm_tokens, mlm_positions=positions, mlm_labels=labels,
+        history=self._sample_histories(users, item_ids, rng),
+        log_q=self.log_q[item_ids])
+
+  def _sample_histories(self, users, item_ids, rng):
+    """Up to history_len random train items of each user, in time order,
+    never the target itself; -1 pads."""
+    hist = self.histories[users]
+    ok = (hist >= 0) & (hist != item_ids[:, None])
+    key = np.where(ok, rng.random(hist.shape), np.inf)
+    pick = np.sort(np.argsort(key, axis=1)[:, :self.history_len], axis=1)
+    picked = np.take_along_axis(hist, pick, 1)
+    used = np.isfinite(np.take_along_axis(key, pick, 1))
+    # Valid entries first, then padding.
+    order = np.argsort(~used, axis=1, kind="stable")
+    return np.where(np.take_along_axis(used, order, 1),
+                    np.take_along_axis(picked, order, 1), -1).astype(np.int32)
+
+
+def _ids(pair: np.ndarray) -> dict:
+  return dict(user_id=pair[0], item_id=pair[1])
 
 
 def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
@@ -104,16 +96,19 @@ def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
                   process_count: int = 1) -> grain.IterDataset:
   """The endless, checkpointable stream of this process's train batches."""
   tokenizer = TextTokenizer(store.tokenizer_path(data_dir), data_cfg.max_text_len)
-  histories = train_histories(catalog.interactions, catalog.split, catalog.num_users)
-  log_q = log_popularity(catalog.interactions, catalog.split, catalog.num_items)
-  ds = grain.MapDataset.source(store.open_interactions(data_dir, "train"))
+  longest = max(1, int(np.bincount(catalog.split_pairs(TRAIN)[:, 0]).max()))
+  transform = BatchTransform(
+      items=ItemFeatures.build(catalog, tokenizer), tokenizer=tokenizer,
+      histories=catalog.user_histories(TRAIN, max_len=longest),
+      log_q=log_popularity(catalog),
+      history_len=data_cfg.history_len, mlm_prob=data_cfg.mlm_prob,
+      mlm_max_predictions=data_cfg.mlm_max_predictions, augment=data_cfg.augment)
+  ds = grain.MapDataset.source(catalog.split_pairs(TRAIN))
   ds = ds.shuffle(seed=seed).repeat(None)
   ds = ds[process_index::process_count]
-  ds = ds.map(JoinItem(_ItemLookup(data_dir), tokenizer, log_q))
-  ds = ds.random_map(RandomExampleTransforms(
-      tokenizer, histories, data_cfg.history_len, data_cfg.mlm_prob,
-      data_cfg.augment), seed=seed + 1)
+  ds = ds.map(_ids)
   ds = ds.batch(batch_size // process_count, drop_remainder=True)
+  ds = ds.random_map(transform, seed=seed + 1)
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=data_cfg.num_threads, prefetch_buffer_size=data_cfg.prefetch))
   if data_cfg.worker_count > 0:

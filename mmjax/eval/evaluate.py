@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from mmjax.data.features import TextTokenizer, normalize_images
-from mmjax.data.pipeline import pad_history, train_histories
+from mmjax.data.catalog import TEST, TRAIN, VALID
 from mmjax.eval.metrics import (pad_lists, ranking_metrics, topk_from_embeddings,
                                 topk_from_scores)
 from mmjax.eval.retrieval import text_image_retrieval
@@ -50,8 +50,9 @@ class Encoder:
       return model.encode_items(tokens, mask, images, ids)
 
     @functools.partial(jax.jit, out_shardings=rep)
-    def users(params, rest, user_ids, history):
-      return nnx.merge(graphdef, params, rest).encode_users(user_ids, history)
+    def users(params, rest, user_ids, history, item_table):
+      model = nnx.merge(graphdef, params, rest)
+      return model.encode_users(user_ids, history, item_table)
 
     self._items, self._users, self._data = items, users, data
 
@@ -61,27 +62,18 @@ class Encoder:
     fn = lambda *xs: self._items(params, rest, *put(*xs))
     return _batched(fn, (tokens, mask, images, ids), self.batch)
 
-  def users(self, params, rest, histories: np.ndarray):
+  def users(self, params, rest, histories: np.ndarray, item_table: np.ndarray):
     ids = np.arange(len(histories), dtype=np.int32)
     put = lambda *xs: [jax.device_put(x, self._data) for x in xs]
-    fn = lambda *xs: self._users(params, rest, *put(*xs))
+    fn = lambda *xs: self._users(params, rest, *put(*xs), item_table)
     return _batched(fn, (ids, histories), self.batch)
-
-
-def split_lists(catalog, split_id: int) -> list[np.ndarray]:
-  pairs = catalog.interactions[catalog.split == split_id]
-  lists = [[] for _ in range(catalog.num_users)]
-  for u, i in pairs:
-    lists[u].append(i)
-  return [np.asarray(sorted(x), np.int32) for x in lists]
 
 
 def baselines(catalog) -> dict:
   """Oracle (true preference) and popularity test metrics, same masking."""
-  exclude = pad_lists(split_lists(catalog, 0))
-  test = pad_lists(split_lists(catalog, 2))
-  counts = np.bincount(catalog.interactions[catalog.split == 0, 1],
-                       minlength=catalog.num_items).astype(np.float32)
+  exclude = pad_lists(catalog.user_histories(TRAIN))
+  test = pad_lists(catalog.user_histories(TEST))
+  counts = catalog.item_popularity().astype(np.float32)
   out = {}
   pop_scores = np.broadcast_to(counts, (catalog.num_users, catalog.num_items))
   out["popularity"] = ranking_metrics(
@@ -99,12 +91,11 @@ def evaluate(graphdef, params, rest, catalog, tokenizer: TextTokenizer, mesh,
   tokens, mask = tokenizer.encode_all(catalog.item_text)
   items = encoder.items(params, rest, tokens, mask,
                         normalize_images(catalog.item_images))
-  hist = train_histories(catalog.interactions, catalog.split, catalog.num_users)
-  hist = np.stack([pad_history(h, history_len) for h in hist])
-  users = encoder.users(params, rest, hist)
-  exclude = pad_lists(split_lists(catalog, 0))
+  users = encoder.users(params, rest, catalog.user_histories(TRAIN, max_len=history_len),
+                        items["item"])
+  exclude = pad_lists(catalog.user_histories(TRAIN))
   topk = np.asarray(topk_from_embeddings(users, items["item"], exclude, max(KS)))
   return dict(
-      valid=ranking_metrics(topk, pad_lists(split_lists(catalog, 1)), KS),
-      test=ranking_metrics(topk, pad_lists(split_lists(catalog, 2)), KS),
+      valid=ranking_metrics(topk, pad_lists(catalog.user_histories(VALID)), KS),
+      test=ranking_metrics(topk, pad_lists(catalog.user_histories(TEST)), KS),
       retrieval=text_image_retrieval(items["z_text"], items["z_image"]))

@@ -72,7 +72,8 @@ class MultimodalRecommender(nnx.Module):
     self.rec = Recommender(
         num_users=shapes.num_users, num_items=shapes.num_items, dim=cfg.dim,
         item_id_embedding=cfg.rec.item_id_embedding,
-        user_id_embedding=cfg.rec.user_id_embedding, rngs=rngs)
+        user_id_embedding=cfg.rec.user_id_embedding, history=cfg.rec.history,
+        rngs=rngs)
 
   def encode_items(self, tokens, mask, images, item_ids, *,
                    deterministic: bool = True, rngs: nnx.Rngs | None = None):
@@ -89,12 +90,18 @@ class MultimodalRecommender(nnx.Module):
     return dict(z_text=z_text, z_image=z_image,
                 item=self.rec.item_vectors(fused, item_ids))
 
-  def encode_users(self, user_ids, history):
-    return self.rec.user_vectors(user_ids, history)
+  def encode_users(self, user_ids, history, item_table=None):
+    """User vectors; `item_table` (N, dim) replaces the training-time history
+    table, e.g. with freshly encoded item vectors at evaluation."""
+    if item_table is not None and self.rec.item_memory is None:
+      item_table = None   # A learned history table is used as it is.
+    return self.rec.user_vectors(user_ids, history, item_table)
 
-  def mlm_logits(self, tokens, mask, *, deterministic: bool = True,
+  def mlm_logits(self, tokens, mask, positions, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None):
+    """Vocabulary logits (B, P, V) at the masked `positions` (B, P) only."""
     hidden, _ = self.text(tokens, mask, deterministic=deterministic, rngs=rngs)
+    hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
     return self.mlm_head(hidden, self.text.embeddings.word_embeddings.embedding[...])
 
   def orthogonality_penalty(self) -> jax.Array:

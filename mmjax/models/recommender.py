@@ -16,24 +16,39 @@ def _embed(num: int, dim: int, rngs: nnx.Rngs) -> nnx.Embed:
   return nnx.Embed(num, dim, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
 
 
+class ItemMemory(nnx.Variable):
+  """Last computed vector of every item; state, not a trained parameter."""
+
+
 class Recommender(nnx.Module):
   """Scores users against items.
 
   item = normalize(fused content [+ item-ID embedding])
-  user = normalize([user-ID embedding +] MLP(masked mean of history embeddings))
+  user = normalize([user-ID embedding +] p + MLP(p)),
+         p = normalize(masked mean of history vectors)
 
-  The history is pooled over a learned per-item table rather than by running
-  the encoders on every history item: that would multiply the encoder cost of
-  a step by the history length. Item content still reaches the user tower
-  through the gradients of the score against content-based item vectors.
+  Running the encoders on every history item would multiply a step's encoder
+  cost by the history length, so the history is pooled over a table:
+  - `history="memory"`: a memory bank of each item's latest item vector (as
+    in MoCo), refreshed with the batch's items every step and treated as a
+    constant by the gradient. The user tower then sees item *content* from
+    the first step. Evaluation pools freshly encoded item vectors instead.
+  - `history="embedding"`: a separately learned per-item table.
   """
 
   def __init__(self, *, num_users: int, num_items: int, dim: int,
                item_id_embedding: bool, user_id_embedding: bool,
-               rngs: nnx.Rngs):
+               history: str, rngs: nnx.Rngs):
+    if history not in ("memory", "embedding"):
+      raise ValueError(f"history={history!r}: choose 'memory' or 'embedding'")
     self.item_id_embed = _embed(num_items, dim, rngs) if item_id_embedding else None
     self.user_embed = _embed(num_users, dim, rngs) if user_id_embedding else None
-    self.history_embed = _embed(num_items, dim, rngs)
+    if history == "memory":
+      self.history_embed = None
+      self.item_memory = ItemMemory(jnp.zeros((num_items, dim), jnp.float32))
+    else:
+      self.history_embed = _embed(num_items, dim, rngs)
+      self.item_memory = None
     self.history_mlp = nnx.Sequential(
         nnx.Linear(dim, 2 * dim, rngs=rngs), nnx.gelu,
         nnx.Linear(2 * dim, dim, rngs=rngs))
@@ -44,12 +59,37 @@ class Recommender(nnx.Module):
       v = v + self.item_id_embed(item_ids)
     return l2_normalize(v)
 
-  def user_vectors(self, user_ids: jax.Array, history: jax.Array) -> jax.Array:
-    """history: (B, H) item ids, -1 marks padding."""
+  def history_table(self) -> jax.Array:
+    """The (N, dim) table the user tower pools during training."""
+    if self.item_memory is not None:
+      return jax.lax.stop_gradient(self.item_memory[...])
+    return self.history_embed.embedding[...]
+
+  def refreshed_memory(self, item_ids: jax.Array, vectors: jax.Array):
+    """The memory with the batch's item vectors written in (duplicates
+    averaged), or None without a memory. Returned, not assigned: the caller
+    stores it outside the differentiated function."""
+    if self.item_memory is None:
+      return None
+    n = self.item_memory.shape[0]
+    v = jax.lax.stop_gradient(vectors).astype(jnp.float32)
+    total = jax.ops.segment_sum(v, item_ids, num_segments=n)
+    count = jax.ops.segment_sum(jnp.ones_like(item_ids, jnp.float32), item_ids,
+                                num_segments=n)[:, None]
+    return jnp.where(count > 0, total / jnp.maximum(count, 1.0),
+                     self.item_memory[...])
+
+  def user_vectors(self, user_ids: jax.Array, history: jax.Array,
+                   table: jax.Array | None = None) -> jax.Array:
+    """history: (B, H) item ids, -1 marks padding; table defaults to history_table()."""
+    table = self.history_table() if table is None else table
     valid = (history >= 0)[..., None].astype(jnp.float32)
-    h = self.history_embed(jnp.maximum(history, 0)) * valid
-    pooled = h.sum(1) / jnp.maximum(valid.sum(1), 1.0)
-    u = self.history_mlp(pooled)
+    h = table[jnp.maximum(history, 0)] * valid
+    # Normalized mean: a mean of unit vectors shrinks with the history's
+    # spread, which would leave every user near the MLP's bias. The residual
+    # makes the tower start as item-to-item similarity to the history.
+    pooled = l2_normalize(h.sum(1) / jnp.maximum(valid.sum(1), 1.0))
+    u = pooled + self.history_mlp(pooled)
     if self.user_embed is not None:
       u = u + self.user_embed(user_ids)
     return l2_normalize(u)

@@ -43,11 +43,14 @@ def loss_terms(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg) -> dict:
     terms["orthogonality"] = model.orthogonality_penalty()
   if loss_cfg.mlm:
     logits = model.mlm_logits(batch["mlm_tokens"], batch["mask"],
-                              deterministic=not train, rngs=rngs)
+                              batch["mlm_positions"], deterministic=not train,
+                              rngs=rngs)
     terms["mlm"], extras["mlm_accuracy"] = masked_lm_loss(logits, batch["mlm_labels"])
   if any(loss_cfg[t] for t in REC_TERMS):
     u = model.encode_users(batch["user_id"], batch["history"])
     v = out["item"]
+    if train:
+      extras["item_memory"] = model.rec.refreshed_memory(ids, v)
     # Cosine scores over a temperature: both towers are L2-normalized.
     u_t = u / loss_cfg.rec_temperature
     if loss_cfg.softmax:
@@ -74,8 +77,18 @@ def make_loss_fn(graphdef, loss_cfg):
     model = nnx.merge(graphdef, params, rest)
     rngs = nnx.Rngs(dropout=rng) if rng is not None else None
     terms, extras = loss_terms(model, batch, rngs, loss_cfg)
-    return weighted_total(terms, loss_cfg, step), {**terms, **extras}
+    memory = extras.pop("item_memory", None)
+    return weighted_total(terms, loss_cfg, step), ({**terms, **extras}, memory)
   return loss_fn
+
+
+def _with_memory(graphdef, params, rest, memory):
+  """`rest` with the recommender's item memory replaced (if it has one)."""
+  if memory is None:
+    return rest
+  model = nnx.merge(graphdef, params, rest)
+  model.rec.item_memory[...] = memory
+  return nnx.split(model, nnx.Param, ...)[2]
 
 
 def init_state(model, tx, seed: int) -> tuple:
@@ -99,13 +112,15 @@ def make_train_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule):
   def step_fn(state, batch):
     step = state["step"]
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (terms, memory)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], state["rest"], batch, rng, step)
+    rest = _with_memory(graphdef, state["params"], state["rest"], memory)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads),
                    lr=lr_schedule(step))
-    new_state = dict(state, params=params, opt_state=opt_state, step=step + 1)
+    new_state = dict(state, params=params, rest=rest, opt_state=opt_state,
+                     step=step + 1)
     return new_state, metrics
 
   return jax.jit(
@@ -116,7 +131,7 @@ def make_train_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule):
 
 
 def make_grad_fn(graphdef, loss_cfg, mesh, state_sharding):
-  """jitted (params, rest, batch, rng, step) -> ((loss, terms), grads); for tests."""
+  """jitted (params, rest, batch, rng, step) -> ((loss, (terms, memory)), grads)."""
   loss_fn = make_loss_fn(graphdef, loss_cfg)
   rep = mesh_lib.replicated(mesh)
   return jax.jit(

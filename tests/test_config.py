@@ -1,0 +1,43 @@
+"""The config tree: locked, validated, overrides checked."""
+
+import pytest
+
+from mmjax.config import default_config, unknown_override_keys, validate
+from mmjax.errors import MmjaxError
+
+
+def test_default_and_demo_validate():
+  validate(default_config())
+  import runpy
+  validate(runpy.run_path("configs/demo.py")["get_config"]())
+
+
+def test_tree_is_locked():
+  c = default_config()
+  with pytest.raises(AttributeError):
+    c.train.stepz = 3
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    ("model.fusion.kind", "gated", "model.fusion.kind"),
+    ("train.batch_size", 0, "train.batch_size"),
+    ("loss.mmd", -1.0, "loss.mmd"),
+    ("data.mlm_prob", 1.5, "data.mlm_prob"),
+    ("model.image.patch_size", 5, "patch_size"),
+    ("model.text.heads", 3, "model.text.hidden"),
+])
+def test_bad_values_name_the_key(path, value, needle):
+  c = default_config()
+  node = c
+  *parents, leaf = path.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(MmjaxError, match=needle):
+    validate(c)
+
+
+def test_unknown_override_keys():
+  argv = ["x", "--config.train.steps=3", "--config.train.stepz=4", "--config.nope.a=1",
+          "--workdir=/tmp"]
+  assert unknown_override_keys(default_config(), argv) == ["train.stepz", "nope.a"]
