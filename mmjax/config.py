@@ -46,7 +46,9 @@ def default_config() -> ConfigDict:
       kind="mlp", hidden=128, heads=4, layers=1, dropout=0.0))
   c.model.rec = ConfigDict(dict(
       item_id_embedding=True, user_id_embedding=True,
-      history="memory"))   # "memory" (item-vector bank) or "embedding".
+      history="memory",    # "memory" (item-vector bank) or "embedding".
+      item_bias=True,      # A learned per-item score offset (popularity).
+      temperature=0.1))    # score = cos(user, item) / temperature [+ bias].
 
   c.loss = ConfigDict()
   # Weights of the terms of the one objective; 0 switches a term off.
@@ -59,7 +61,6 @@ def default_config() -> ConfigDict:
   c.loss.bpr = 0.0
   c.loss.bce = 0.0
   c.loss.orthogonality = 0.01
-  c.loss.rec_temperature = 0.1
   c.loss.pretrain_steps = 0   # Contrastive terms only for the first N steps.
 
   c.train = ConfigDict()
@@ -126,8 +127,8 @@ def validate(config: ConfigDict) -> None:
       raise MmjaxError(f"config.{path}={get(config, path)} must be >= 0")
   if not 0.0 <= config.data.mlm_prob < 1.0:
     raise MmjaxError(f"config.data.mlm_prob={config.data.mlm_prob} must be in [0, 1)")
-  if config.loss.rec_temperature <= 0:
-    raise MmjaxError("config.loss.rec_temperature must be > 0")
+  if config.model.rec.temperature <= 0:
+    raise MmjaxError("config.model.rec.temperature must be > 0")
   size, patch = config.data.synthetic.image_size, config.model.image.patch_size
   if config.model.image.kind == "vit" and size % patch:
     raise MmjaxError(

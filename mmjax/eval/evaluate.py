@@ -54,6 +54,14 @@ class Encoder:
       model = nnx.merge(graphdef, params, rest)
       return model.encode_users(user_ids, history, item_table)
 
+    @functools.partial(jax.jit, out_shardings=rep)
+    def scoring(params, rest, users, items):
+      model = nnx.merge(graphdef, params, rest)
+      ids = jnp.arange(items.shape[0])
+      return model.rec.scoring_vectors(users, items, ids)
+
+    self.scoring = scoring
+
     self._items, self._users, self._data = items, users, data
 
   def items(self, params, rest, tokens, mask, images):
@@ -94,7 +102,8 @@ def evaluate(graphdef, params, rest, catalog, tokenizer: TextTokenizer, mesh,
   users = encoder.users(params, rest, catalog.user_histories(TRAIN, max_len=history_len),
                         items["item"])
   exclude = pad_lists(catalog.user_histories(TRAIN))
-  topk = np.asarray(topk_from_embeddings(users, items["item"], exclude, max(KS)))
+  u, v = jax.device_get(encoder.scoring(params, rest, users, items["item"]))
+  topk = np.asarray(topk_from_embeddings(u, v, exclude, max(KS)))
   return dict(
       valid=ranking_metrics(topk, pad_lists(catalog.user_histories(VALID)), KS),
       test=ranking_metrics(topk, pad_lists(catalog.user_histories(TEST)), KS),

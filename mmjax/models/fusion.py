@@ -31,7 +31,14 @@ def _check_pair(z_text: jax.Array, z_image: jax.Array, dim: int):
 
 
 class MLPFusion(nnx.Module):
-  """MLP over [z_t, z_i, z_t * z_i]: Linear -> GELU -> dropout -> Linear."""
+  """MLP over [z_t, z_i, z_t * z_i]: Linear -> GELU -> dropout -> Linear,
+  plus a linear skip from [z_t, z_i].
+
+  The skip matters: GELU outputs share a positive mean, so the MLP alone maps
+  every item close to one common direction (mean pairwise cosine ~0.9 after
+  training here), which squeezes the range of cosine scores downstream. The
+  zero-mean linear path keeps items as spread out as their embeddings.
+  """
 
   def __init__(self, dim: int, hidden: int, out_dim: int, *,
                dropout: float = 0.0, dtype=jnp.float32,
@@ -44,6 +51,7 @@ class MLPFusion(nnx.Module):
     self.fc1 = attn_lib.dense(3 * dim, hidden, **kw)
     self.dropout = nnx.Dropout(attn_lib.check_dropout(dropout))
     self.fc2 = attn_lib.dense(hidden, out_dim, **kw)
+    self.skip = attn_lib.dense(2 * dim, out_dim, **kw)
 
   def __call__(self, z_text: jax.Array, z_image: jax.Array,
                text_tokens: jax.Array | None = None,
@@ -57,7 +65,7 @@ class MLPFusion(nnx.Module):
     x = jnp.concatenate([z_text, z_image, z_text * z_image], axis=-1)
     h = jax.nn.gelu(self.fc1(x), approximate=False)
     h = self.dropout(h, deterministic=deterministic, rngs=rngs)
-    return self.fc2(h)
+    return self.fc2(h) + self.skip(jnp.concatenate([z_text, z_image], axis=-1))
 
 
 class CrossAttentionFusion(nnx.Module):

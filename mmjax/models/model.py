@@ -73,7 +73,7 @@ class MultimodalRecommender(nnx.Module):
         num_users=shapes.num_users, num_items=shapes.num_items, dim=cfg.dim,
         item_id_embedding=cfg.rec.item_id_embedding,
         user_id_embedding=cfg.rec.user_id_embedding, history=cfg.rec.history,
-        rngs=rngs)
+        item_bias=cfg.rec.item_bias, temperature=cfg.rec.temperature, rngs=rngs)
 
   def encode_items(self, tokens, mask, images, item_ids, *,
                    deterministic: bool = True, rngs: nnx.Rngs | None = None):

@@ -38,11 +38,15 @@ class Recommender(nnx.Module):
 
   def __init__(self, *, num_users: int, num_items: int, dim: int,
                item_id_embedding: bool, user_id_embedding: bool,
-               history: str, rngs: nnx.Rngs):
+               history: str, item_bias: bool, temperature: float,
+               rngs: nnx.Rngs):
     if history not in ("memory", "embedding"):
       raise ValueError(f"history={history!r}: choose 'memory' or 'embedding'")
     self.item_id_embed = _embed(num_items, dim, rngs) if item_id_embedding else None
     self.user_embed = _embed(num_users, dim, rngs) if user_id_embedding else None
+    self.item_bias = (nnx.Embed(num_items, 1, embedding_init=nnx.initializers.zeros,
+                                rngs=rngs) if item_bias else None)
+    self.temperature = temperature
     if history == "memory":
       self.history_embed = None
       self.item_memory = ItemMemory(jnp.zeros((num_items, dim), jnp.float32))
@@ -58,6 +62,23 @@ class Recommender(nnx.Module):
     if self.item_id_embed is not None:
       v = v + self.item_id_embed(item_ids)
     return l2_normalize(v)
+
+  def scoring_vectors(self, users: jax.Array, items: jax.Array,
+                      item_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(u', v') with u'.v' = cos(u, v) / temperature + bias(item).
+
+    Both towers are unit vectors, so the temperature sets the score range;
+    the bias frees that range from having to encode popularity. Appending
+    [1] and [bias] keeps the score a plain dot product, for in-batch losses
+    and for full-ranking top-k alike.
+    """
+    u = users.astype(jnp.float32) / self.temperature
+    v = items.astype(jnp.float32)
+    if self.item_bias is None:
+      return u, v
+    ones = jnp.ones(u.shape[:-1] + (1,), u.dtype)
+    return (jnp.concatenate([u, ones], -1),
+            jnp.concatenate([v, self.item_bias(item_ids).astype(v.dtype)], -1))
 
   def history_table(self) -> jax.Array:
     """The (N, dim) table the user tower pools during training."""

@@ -48,17 +48,15 @@ def loss_terms(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg) -> dict:
     terms["mlm"], extras["mlm_accuracy"] = masked_lm_loss(logits, batch["mlm_labels"])
   if any(loss_cfg[t] for t in REC_TERMS):
     u = model.encode_users(batch["user_id"], batch["history"])
-    v = out["item"]
     if train:
-      extras["item_memory"] = model.rec.refreshed_memory(ids, v)
-    # Cosine scores over a temperature: both towers are L2-normalized.
-    u_t = u / loss_cfg.rec_temperature
+      extras["item_memory"] = model.rec.refreshed_memory(ids, out["item"])
+    u, v = model.rec.scoring_vectors(u, out["item"], ids)
     if loss_cfg.softmax:
-      terms["softmax"] = sampled_softmax_logq(u_t, v, ids, batch["log_q"])
+      terms["softmax"] = sampled_softmax_logq(u, v, ids, batch["log_q"])
     if loss_cfg.bpr:
-      terms["bpr"] = bpr(u_t, v, ids)
+      terms["bpr"] = bpr(u, v, ids)
     if loss_cfg.bce:
-      terms["bce"] = bce(u_t, v, ids)
+      terms["bce"] = bce(u, v, ids)
   return terms, extras
 
 

@@ -149,6 +149,9 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
                     batch_size=config.train.eval_batch_size)
   result.update(baselines(catalog))
   result["retrieval"]["chance_r@1"] = 1.0 / catalog.num_items
+  result["ratios"] = {
+      f"test_recall@20_vs_{b}": result["test"]["recall@20"] / result[b]["recall@20"]
+      for b in ("oracle", "popularity") if result.get(b, {}).get("recall@20")}
   summary = dict(
       data=dict(num_items=catalog.num_items, num_users=catalog.num_users,
                 num_interactions=int(len(catalog.interactions)), dir=data_dir),
@@ -184,6 +187,7 @@ def format_summary(s: dict) -> str:
       m = s[name]
       lines.append(f"  {name:12s} {m['recall@20']:10.4f} {m['ndcg@20']:10.4f} "
                    f"{m['recall@50']:10.4f}")
+  lines.append("  " + ", ".join(f"{k} = {v:.2f}" for k, v in s.get("ratios", {}).items()))
   r = s["retrieval"]
   lines.append(f"  text->image R@1 {r['t2i_r@1']:.3f}  R@10 {r['t2i_r@10']:.3f}  "
                f"image->text R@1 {r['i2t_r@1']:.3f}  (chance {r['chance_r@1']:.4f})")
