@@ -18,13 +18,6 @@ class TextTokenizer:
     self.special_ids = np.asarray(sorted(
         self._tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")))
 
-  def __call__(self, text: str | bytes) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(text, bytes):
-      text = text.decode("utf-8")
-    enc = self._tok.encode(text)
-    return (np.asarray(enc.ids, np.int32),
-            np.asarray(enc.attention_mask, np.int32))
-
   def encode_all(self, texts) -> tuple[np.ndarray, np.ndarray]:
     encs = self._tok.encode_batch(
         [t.decode("utf-8") if isinstance(t, bytes) else t for t in texts])

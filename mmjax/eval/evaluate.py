@@ -12,36 +12,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax.data.features import TextTokenizer, normalize_images
 from mmjax.data.catalog import TEST, TRAIN, VALID
-from mmjax.eval.metrics import (pad_lists, ranking_metrics, topk_from_embeddings,
-                                topk_from_scores)
+from mmjax.data.features import TextTokenizer, normalize_images
+from mmjax.eval.metrics import (batched_apply, pad_lists, ranking_metrics,
+                                topk_from_embeddings, topk_from_scores)
 from mmjax.eval.retrieval import text_image_retrieval
 from mmjax.train import mesh as mesh_lib
 
 KS = (10, 20, 50)
 
 
-def _batched(fn, arrays: tuple, batch: int) -> np.ndarray:
-  """Applies fn to fixed-size batches (last one padded) and concatenates."""
-  n = len(arrays[0])
-  outs = []
-  for start in range(0, n, batch):
-    chunk = [a[start:start + batch] for a in arrays]
-    pad = batch - len(chunk[0])
-    if pad:
-      chunk = [np.concatenate([c, np.repeat(c[-1:], pad, 0)]) for c in chunk]
-    out = jax.device_get(fn(*chunk))
-    outs.append(jax.tree.map(lambda x: x[:batch - pad], out))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
-
-
 class Encoder:
   """Jitted item/user encoders over a (graphdef, params, rest) snapshot."""
 
   def __init__(self, graphdef, mesh, batch_size: int):
-    n = mesh.shape["data"]
-    self.batch = -(-batch_size // n) * n   # A multiple of the data axis.
+    self.batch, self.devices = batch_size, mesh.shape["data"]
     data, rep = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
 
     @functools.partial(jax.jit, out_shardings=rep)
@@ -61,20 +46,21 @@ class Encoder:
       return model.rec.scoring_vectors(users, items, ids)
 
     self.scoring = scoring
-
     self._items, self._users, self._data = items, users, data
+
+  def _apply(self, jitted, params, rest, arrays, *replicated_args):
+    """jitted over batches of `arrays`, each batch sharded on `data`."""
+    fn = lambda *xs: jitted(params, rest, *(jax.device_put(x, self._data) for x in xs),
+                            *replicated_args)
+    return batched_apply(fn, arrays, self.batch, self.devices)
 
   def items(self, params, rest, tokens, mask, images):
     ids = np.arange(len(tokens), dtype=np.int32)
-    put = lambda *xs: [jax.device_put(x, self._data) for x in xs]
-    fn = lambda *xs: self._items(params, rest, *put(*xs))
-    return _batched(fn, (tokens, mask, images, ids), self.batch)
+    return self._apply(self._items, params, rest, (tokens, mask, images, ids))
 
   def users(self, params, rest, histories: np.ndarray, item_table: np.ndarray):
     ids = np.arange(len(histories), dtype=np.int32)
-    put = lambda *xs: [jax.device_put(x, self._data) for x in xs]
-    fn = lambda *xs: self._users(params, rest, *put(*xs), item_table)
-    return _batched(fn, (ids, histories), self.batch)
+    return self._apply(self._users, params, rest, (ids, histories), item_table)
 
 
 def baselines(catalog) -> dict:

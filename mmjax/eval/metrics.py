@@ -25,15 +25,17 @@ def pad_lists(lists, fill=-1, width=None):
   return out
 
 
-def batched_apply(fn, arrays, batch_size):
+def batched_apply(fn, arrays, batch_size, multiple_of=1):
   """Applies fn to row batches of `arrays` (same leading size), concatenated.
 
-  Every call sees exactly min(batch_size, n) rows (the last batch is padded
-  with zeros and the padding trimmed), so a jitted fn compiles once.
-  Returns a NumPy array.
+  Every call sees exactly min(batch_size, n) rows, rounded up to a multiple
+  of `multiple_of` (e.g. the devices a batch is sharded over); the last batch
+  is padded with zeros and the padding trimmed, so a jitted fn compiles once.
+  fn may return an array or a pytree of arrays; returns the same, in NumPy.
   """
   n = arrays[0].shape[0]
   bs = max(1, min(batch_size, n))
+  bs = -(-bs // multiple_of) * multiple_of
   outs = []
   for start in range(0, n, bs):
     chunk = [np.asarray(a[start:start + bs]) for a in arrays]
@@ -41,8 +43,8 @@ def batched_apply(fn, arrays, batch_size):
     if m < bs:
       chunk = [np.pad(c, [(0, bs - m)] + [(0, 0)] * (c.ndim - 1))
                for c in chunk]
-    outs.append(np.asarray(fn(*chunk))[:m])
-  return np.concatenate(outs, axis=0)
+    outs.append(jax.tree.map(lambda x: np.asarray(x)[:m], fn(*chunk)))
+  return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
 
 
 def _mask_topk(scores, exclude, k):

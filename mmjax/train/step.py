@@ -5,7 +5,6 @@ the model's graphdef is split off once and merged inside the jitted function
 (the Flax NNX performance recipe), so the step is a pure function.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -108,7 +108,8 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
     log(f"resumed from checkpoint at step {int(state['step'])}")
   start = int(state["step"])
   writer = reporting.MetricsWriter(workdir)
-  reporting.truncate_after(writer.path, start) if writer.active else None
+  if writer.active:
+    reporting.truncate_after(writer.path, start)   # Rows past the checkpoint.
 
   total = config.train.steps
   batch = mesh_lib.global_batch(next(data_iter), mesh)
