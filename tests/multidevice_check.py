@@ -28,8 +28,7 @@ def run(cfg, data_dir, devices):
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   catalog = store.load_catalog(data_dir)
   tok = TextTokenizer(store.tokenizer_path(data_dir), cfg.data.max_text_len)
-  shapes = DataShapes(tok.vocab_size, cfg.data.max_text_len,
-                      catalog.item_images.shape[1], catalog.num_users, catalog.num_items)
+  shapes = DataShapes.of(catalog, tok, cfg.data.max_text_len)
   tx = make_optimizer(cfg.train)
   graphdef, state = init_state(build_model(cfg.model, shapes, seed=0), tx, 0)
   sh = state_shardings(state, mesh)

@@ -15,8 +15,7 @@ from mmjax.train.step import init_state
 def test_save_restore_roundtrip(config, data_dir, tmp_path):
   catalog = store.load_catalog(data_dir)
   tok = TextTokenizer(store.tokenizer_path(data_dir), config.data.max_text_len)
-  shapes = DataShapes(tok.vocab_size, config.data.max_text_len, 16,
-                      catalog.num_users, catalog.num_items)
+  shapes = DataShapes.of(catalog, tok, config.data.max_text_len)
   tx = make_optimizer(config.train)
   _, state = init_state(build_model(config.model, shapes, seed=0), tx, 0)
   state["step"] = state["step"] + 7

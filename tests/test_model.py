@@ -24,8 +24,7 @@ def setup(data_dir):
   cfg.model.fusion.kind = "cross_attention"
   catalog = store.load_catalog(data_dir)
   tok = TextTokenizer(store.tokenizer_path(data_dir), cfg.data.max_text_len)
-  shapes = DataShapes(tok.vocab_size, cfg.data.max_text_len, 16,
-                      catalog.num_users, catalog.num_items)
+  shapes = DataShapes.of(catalog, tok, cfg.data.max_text_len)
   batch = next(iter(train_dataset(data_dir, catalog, cfg.data, batch_size=16, seed=0)))
   return cfg, shapes, {k: jnp.asarray(v) for k, v in batch.items()}
 

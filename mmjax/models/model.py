@@ -26,6 +26,12 @@ class DataShapes:
   num_users: int
   num_items: int
 
+  @classmethod
+  def of(cls, catalog, tokenizer, max_text_len: int) -> "DataShapes":
+    return cls(vocab_size=tokenizer.vocab_size, max_text_len=max_text_len,
+               image_size=catalog.image_size, num_users=catalog.num_users,
+               num_items=catalog.num_items)
+
 
 class ContrastiveParams(nnx.Module):
   """Learnable temperature (InfoNCE) and temperature + bias (SigLIP)."""

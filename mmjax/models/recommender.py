@@ -6,10 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-  x32 = x.astype(jnp.float32)
-  return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, -1, keepdims=True) + eps)).astype(x.dtype)
+from mmjax.models.aligners import l2_normalize
 
 
 def _embed(num: int, dim: int, rngs: nnx.Rngs) -> nnx.Embed:

@@ -84,10 +84,7 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
   log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
       f"device(s), {jax.process_count()} process(es)")
 
-  shapes = DataShapes(
-      vocab_size=tokenizer.vocab_size, max_text_len=config.data.max_text_len,
-      image_size=catalog.item_images.shape[1], num_users=catalog.num_users,
-      num_items=catalog.num_items)
+  shapes = DataShapes.of(catalog, tokenizer, config.data.max_text_len)
   model = build_model(config.model, shapes, seed=config.seed)
   tx = make_optimizer(config.train)
   graphdef, state = init_state(model, tx, config.seed)
