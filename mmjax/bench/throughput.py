@@ -1,0 +1,210 @@
+"""Train-step throughput: JAX vs torch eager vs torch.compile, in one run.
+
+  python -m mmjax.bench.throughput --config configs/demo.py --out demo.json
+
+The same model (weights copied from the JAX model into the PyTorch baseline),
+the same loss terms and optimizer (AdamW + clipping + the same schedule) and
+the same pre-made batches (drawn once from the train pipeline, converted
+ahead: no input pipeline in the timing) on both sides. Compilation and
+warm-up steps are excluded; the three runs are interleaved round by round
+and each figure is the median over rounds of (round time / steps). FLOPs per
+step come from XLA's cost analysis of the compiled JAX step (the same math
+runs on the torch side). Writes JSON and prints a markdown table.
+"""
+
+import argparse
+import json
+import os
+import platform
+import runpy
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+import torch
+from flax import nnx
+
+from mmjax import config as config_lib
+from mmjax.baselines.torch import train_step as torch_step
+from mmjax.baselines.torch.model import TorchMultimodalRecommender
+from mmjax.baselines.torch.transfer import to_torch
+from mmjax.data import store
+from mmjax.data.features import TextTokenizer
+from mmjax.data.pipeline import train_dataset
+from mmjax.models.model import DataShapes, build_model
+from mmjax.train import mesh as mesh_lib
+from mmjax.train.optimizer import learning_rate, make_optimizer
+from mmjax.train.step import init_state, make_train_step, state_shardings
+from mmjax.train.trainer import resolve_data_dir
+
+RUNS = ("jax", "torch_eager", "torch_compile")
+
+
+def log(message: str) -> None:
+  print(f"[throughput {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def load_config(path: str):
+  config = runpy.run_path(path)["get_config"]()
+  config_lib.validate(config)
+  return config
+
+
+def make_batches(config, count: int):
+  data_dir = resolve_data_dir(config.data)
+  catalog = store.load_catalog(data_dir)
+  tok = TextTokenizer(store.tokenizer_path(data_dir), config.data.max_text_len)
+  it = iter(train_dataset(data_dir, catalog, config.data,
+                          batch_size=config.train.batch_size, seed=config.seed))
+  batches = [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(count)]
+  return DataShapes.of(catalog, tok, config.data.max_text_len), batches
+
+
+class JaxRunner:
+  """The mmjax train step (jitted, state donated) over device-resident batches."""
+
+  def __init__(self, config, shapes, batches):
+    model = build_model(config.model, shapes, seed=config.seed)
+    tx = make_optimizer(config.train)
+    graphdef, state = init_state(model, tx, config.seed)
+    self.graphdef = graphdef
+    self.model = nnx.merge(graphdef, *jax.tree.map(np.array, (state["params"], state["rest"])))
+    mesh = mesh_lib.make_mesh(config.mesh)
+    sh = state_shardings(state, mesh)
+    self.state = jax.device_put(state, sh)
+    self.batches = [mesh_lib.global_batch(b, mesh) for b in batches]
+    step = make_train_step(graphdef, tx, config.loss, mesh, sh, learning_rate(config.train))
+    t = time.perf_counter()
+    self.step = step.lower(self.state, self.batches[0]).compile()
+    self.compile_s = time.perf_counter() - t
+    cost = self.step.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+  def run(self, steps: int) -> float:
+    t = time.perf_counter()
+    for i in range(steps):
+      self.state, metrics = self.step(self.state, self.batches[i % len(self.batches)])
+    jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - t
+
+
+class TorchRunner:
+  """The PyTorch baseline's train step, eager or torch.compile'd."""
+
+  def __init__(self, config, shapes, batches, jax_model, *, compile: bool):
+    model = TorchMultimodalRecommender(config.model, shapes)
+    to_torch(jax_model, model)
+    self.step = torch_step.TorchTrainStep(
+        model, config.loss, torch_step.make_optimizer(model, config.train),
+        lr=torch_step.lr_table(config.train), grad_clip=config.train.grad_clip,
+        compile=compile)
+    self.batches = [torch_step.to_torch_batch(b) for b in batches]
+    self.compile_s = 0.0
+
+  def run(self, steps: int) -> float:
+    t = time.perf_counter()
+    for i in range(steps):
+      self.step(self.batches[i % len(self.batches)])
+    return time.perf_counter() - t
+
+
+def warm_up(runner, steps: int) -> None:
+  t = time.perf_counter()
+  runner.run(steps)
+  runner.compile_s += time.perf_counter() - t
+
+
+def measure(config, *, steps: int, rounds: int, warmup: int, num_batches: int) -> dict:
+  shapes, batches = make_batches(config, num_batches)
+  log(f"{num_batches} batches of {config.train.batch_size} ready")
+  runners = {"jax": JaxRunner(config, shapes, batches)}
+  log(f"jax step compiled in {runners['jax'].compile_s:.1f}s")
+  for name, compiled in (("torch_eager", False), ("torch_compile", True)):
+    runners[name] = TorchRunner(config, shapes, batches, runners["jax"].model, compile=compiled)
+  for name, runner in runners.items():
+    warm_up(runner, warmup)
+    log(f"{name} warmed up ({runner.compile_s:.1f}s with compilation)")
+  times = {name: [] for name in RUNS}
+  for r in range(rounds):
+    # Rotate the order too, so no run always follows the same one.
+    for name in RUNS[r % 3:] + RUNS[:r % 3]:
+      times[name].append(runners[name].run(steps) / steps)
+    log(f"round {r + 1}/{rounds}: " + ", ".join(
+        f"{n} {1e3 * times[n][-1]:.1f} ms" for n in RUNS))
+  flops = runners["jax"].flops
+  bs = config.train.batch_size
+  out = {}
+  for name in RUNS:
+    step_s = statistics.median(times[name])
+    out[name] = dict(examples_per_sec=bs / step_s, step_ms=1e3 * step_s,
+                     step_ms_rounds=[1e3 * t for t in times[name]],
+                     achieved_flops_per_sec=flops / step_s,
+                     warmup_and_compile_s=runners[name].compile_s)
+  out["flops_per_step"] = flops
+  out["ratio_vs_eager"] = out["jax"]["examples_per_sec"] / out["torch_eager"]["examples_per_sec"]
+  out["ratio_vs_compile"] = (out["jax"]["examples_per_sec"]
+                             / out["torch_compile"]["examples_per_sec"])
+  return out
+
+
+def markdown(result: dict) -> str:
+  rows = ["| run | examples/s | step ms | achieved GFLOP/s | JAX speed-up over it |",
+          "|---|---:|---:|---:|---:|"]
+  jax_eps = result["jax"]["examples_per_sec"]
+  for name in RUNS:
+    r = result[name]
+    rows.append(f"| {name} | {r['examples_per_sec']:.1f} | {r['step_ms']:.1f} | "
+                f"{r['achieved_flops_per_sec'] / 1e9:.1f} | {jax_eps / r['examples_per_sec']:.2f}x |")
+  return "\n".join(rows)
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", required=True, help="a config file, e.g. configs/demo.py")
+  p.add_argument("--out", required=True, help="where the JSON goes")
+  p.add_argument("--steps", type=int, default=5, help="steps per timed round")
+  p.add_argument("--rounds", type=int, default=7, help="timed rounds (median)")
+  p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+  p.add_argument("--batches", type=int, default=4, help="distinct pre-made batches")
+  p.add_argument("--threads", type=int, default=os.cpu_count(),
+                 help="torch intra-op threads (XLA's CPU pool uses every core)")
+  args = p.parse_args(argv)
+  torch.set_num_threads(args.threads)
+  config = load_config(args.config)
+  result = measure(config, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
+                   num_batches=args.batches)
+  result.update(
+      config=args.config, batch_size=config.train.batch_size,
+      device=f"{jax.devices()[0].platform}: {cpu_name()}, {os.cpu_count()} cores",
+      threads=dict(torch_intra_op=torch.get_num_threads(),
+                   torch_inter_op=torch.get_num_interop_threads(),
+                   xla_cpu="all cores (XLA's default CPU pool)",
+                   xla_flags=os.environ.get("XLA_FLAGS", "")),
+      versions=dict(jax=jax.__version__, torch=torch.__version__),
+      protocol=dict(steps_per_round=args.steps, rounds=args.rounds, warmup=args.warmup,
+                    batches=args.batches))
+  result["markdown"] = markdown(result)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(result["markdown"])
+  print(f"ratio_vs_eager {result['ratio_vs_eager']:.2f}, "
+        f"ratio_vs_compile {result['ratio_vs_compile']:.2f}; {result['device']}")
+  return result
+
+
+if __name__ == "__main__":
+  main()
