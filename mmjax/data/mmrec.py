@@ -1,0 +1,181 @@
+"""MMRec-format data: `<name>.inter` plus one frozen feature matrix per modality.
+
+The interaction file is tab-separated with a header naming `userID`,
+`itemID` and `x_label` (0/1/2 = train/valid/test), optionally `rating` and
+`timestamp`. As in MMRec (enoche/MMRec, utils/dataset.py) only the three
+required columns are used: every row is a positive, whatever its rating;
+user/item counts are max id + 1; valid/test rows of users without a train
+row (cold-start users) are dropped. Each feature file is a `.npy` matrix
+whose row i describes item i.
+
+Every problem found raises MmjaxError naming the file (and line or row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from mmjax.data.catalog import SPLIT_NAMES, TEST, TRAIN, VALID
+from mmjax.errors import MmjaxError
+
+REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
+OPTIONAL_COLUMNS = ("rating", "timestamp")
+
+
+@dataclasses.dataclass
+class MMRecData:
+  """Split interactions and item features of one MMRec data set.
+
+  Attributes:
+    pairs: split index (TRAIN/VALID/TEST) -> (M_s, 2) int32 (user, item) rows.
+    features: modality name (feature file stem) -> (N, d) float32.
+    num_users, num_items: max id + 1, over all splits.
+    dropped_cold: split index -> rows dropped as cold-start users.
+  """
+  pairs: dict[int, np.ndarray]
+  features: dict[str, np.ndarray]
+  num_users: int
+  num_items: int
+  dropped_cold: dict[int, int]
+
+  def user_items(self, split_id: int) -> list[np.ndarray]:
+    """Per user, the items of one split (in file order)."""
+    p = self.pairs[split_id]
+    order = np.argsort(p[:, 0], kind="stable")
+    bounds = np.searchsorted(p[order, 0], np.arange(self.num_users + 1))
+    items = p[order, 1]
+    return [items[bounds[u]:bounds[u + 1]] for u in range(self.num_users)]
+
+  def describe(self) -> str:
+    counts = ", ".join(f"{SPLIT_NAMES[s]} {len(self.pairs[s])}"
+                       for s in (TRAIN, VALID, TEST))
+    feats = ", ".join(f"{k} {v.shape[1]}-d" for k, v in self.features.items())
+    cold = sum(self.dropped_cold.values())
+    return (f"{self.num_users} users, {self.num_items} items; {counts}"
+            f"{f'; {cold} cold-start rows dropped' if cold else ''}; "
+            f"features: {feats or 'none (IDs only)'}")
+
+
+def _read_lines(path: str) -> list[str]:
+  if not os.path.isfile(path):
+    raise MmjaxError(f"interaction file not found: {path}")
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except UnicodeDecodeError as e:   # Found by tests/test_fuzz_parsers.py.
+    raise MmjaxError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+  if not lines or not lines[0].strip():
+    raise MmjaxError(f"{path}: empty file (expected a header line "
+                     f"{' '.join(REQUIRED_COLUMNS)})")
+  return lines
+
+
+def _header_columns(path: str, header: str) -> dict[str, int]:
+  names = header.split("\t")
+  missing = [c for c in REQUIRED_COLUMNS if c not in names]
+  unknown = [c for c in names if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+  if missing or unknown or len(set(names)) != len(names):
+    raise MmjaxError(
+        f"{path}:1: bad header {names}: want tab-separated "
+        f"{list(REQUIRED_COLUMNS)} plus optionally {list(OPTIONAL_COLUMNS)}, "
+        f"each once" + (f"; missing {missing}" if missing else "")
+        + (f"; unknown {unknown}" if unknown else ""))
+  return {name: i for i, name in enumerate(names)}
+
+
+def _parse_rows(path: str, lines: list[str], cols: dict[str, int]) -> np.ndarray:
+  """(M, 3) int64 userID, itemID, x_label; checks every field of every row."""
+  rows = []
+  width = len(cols)
+  for lineno, line in enumerate(lines[1:], start=2):
+    if not line.strip():
+      continue
+    fields = line.split("\t")
+    if len(fields) != width:
+      raise MmjaxError(f"{path}:{lineno}: {len(fields)} fields, header has {width}")
+    try:
+      for name in OPTIONAL_COLUMNS:
+        if name in cols:
+          float(fields[cols[name]])
+      row = [int(fields[cols[c]]) for c in REQUIRED_COLUMNS]
+    except ValueError:
+      raise MmjaxError(f"{path}:{lineno}: non-numeric field in {line!r} "
+                       "(userID, itemID, x_label must be integers)") from None
+    if row[0] < 0 or row[1] < 0:
+      raise MmjaxError(f"{path}:{lineno}: negative id in {line!r}")
+    if row[2] not in (TRAIN, VALID, TEST):
+      raise MmjaxError(f"{path}:{lineno}: x_label={row[2]} must be 0, 1 or 2")
+    rows.append(row)
+  if not rows:
+    raise MmjaxError(f"{path}: no interaction rows after the header")
+  return np.asarray(rows, np.int64)
+
+
+def load_features(path: str, num_items: int) -> np.ndarray:
+  """(num_items, d) float32 from a .npy file, validated."""
+  if not os.path.isfile(path):
+    raise MmjaxError(f"feature file not found: {path}")
+  try:
+    x = np.load(path, allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise MmjaxError(f"{path}: not a readable .npy array ({e})") from None
+  if x.ndim != 2:
+    raise MmjaxError(f"{path}: shape {x.shape}, want 2-d (items, dim)")
+  if not np.issubdtype(x.dtype, np.floating):
+    raise MmjaxError(f"{path}: dtype {x.dtype}, want a float array")
+  if x.shape[0] != num_items:
+    raise MmjaxError(f"{path}: {x.shape[0]} rows, but the interactions have "
+                     f"{num_items} items (max itemID + 1)")
+  bad = ~np.isfinite(x).all(axis=1)
+  if bad.any():
+    raise MmjaxError(f"{path}: NaN/Inf in {int(bad.sum())} rows, first row "
+                     f"{int(np.argmax(bad))}")
+  return x.astype(np.float32)
+
+
+def load(data_dir: str, inter_file: str, feature_files=(), feature_dir: str = "",
+         num_items: int = 0) -> MMRecData:
+  """Reads `<data_dir>/<inter_file>` and `<feature_dir or data_dir>/<f>`.
+
+  `num_items` > 0 fixes the item count (the feature rows must match it);
+  0 takes max itemID + 1 as MMRec does.
+  """
+  path = os.path.join(data_dir, inter_file)
+  lines = _read_lines(path)
+  rows = _parse_rows(path, lines, _header_columns(path, lines[0]))
+  n_items = int(rows[:, 1].max()) + 1
+  if num_items:
+    if n_items > num_items:
+      line = int(np.argmax(rows[:, 1] >= num_items))
+      raise MmjaxError(f"{path}: itemID {rows[line, 1]} out of range "
+                       f"[0, {num_items}) (row {line + 1} after the header)")
+    n_items = num_items
+  users, split = rows[:, 0], rows[:, 2]
+  in_train = np.zeros(int(users.max()) + 1, bool)
+  in_train[users[split == TRAIN]] = True
+  if not in_train.any():
+    raise MmjaxError(f"{path}: no train rows (x_label = 0)")
+  pairs, dropped = {}, {}
+  for s in (TRAIN, VALID, TEST):
+    keep = (split == s) & in_train[users]
+    dropped[s] = int(np.sum(split == s) - keep.sum())
+    pairs[s] = rows[keep, :2].astype(np.int32)
+  features = {}
+  for name in feature_files:
+    stem = os.path.splitext(os.path.basename(name))[0]
+    if stem in features:
+      raise MmjaxError(f"feature file {name}: modality name {stem!r} given twice")
+    features[stem] = load_features(
+        os.path.join(feature_dir or data_dir, name), n_items)
+  return MMRecData(pairs=pairs, features=features, num_users=int(users.max()) + 1,
+                   num_items=n_items, dropped_cold=dropped)
+
+
+def feature_file_list(value) -> tuple[str, ...]:
+  """config.data.feature_files: "a.npy,b.npy" (command line) or a sequence."""
+  if isinstance(value, str):
+    value = value.split(",")
+  return tuple(v.strip() for v in value if v.strip())
