@@ -1,0 +1,90 @@
+"""`mmjax export`: a run's user and item embeddings as .npy and parquet.
+
+  mmjax export --workdir runs/demo [--out runs/demo/export]
+
+Writes into the out dir (default <workdir>/export):
+  users.npy           (U, dim) user vectors
+  items.npy           (N, dim) fused item vectors (what recommend scores)
+  items_text.npy      (N, dim) aligned text vectors
+  items_image.npy     (N, dim) aligned image vectors (catalogs with images)
+  id_map.json         row r of each .npy -> user_id / item_id (+ item text)
+  users.parquet       user_id, embedding
+  items.parquet       item_id, text, embedding, text_embedding[, image_embedding]
+  export.json         what was written: step, shapes, files
+Vectors are unit-norm; a user-item dot product is their cosine (recommend
+adds the temperature and the item bias, see Recommender.scoring_vectors).
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmjax.errors import MmjaxError
+
+# item_embeddings key -> (.npy name, parquet column).
+_ITEM_VECTORS = {"item": ("items", "embedding"),
+                 "z_text": ("items_text", "text_embedding"),
+                 "z_image": ("items_image", "image_embedding")}
+
+
+def _vectors(x: np.ndarray) -> pa.Array:
+  """(n, d) float32 -> a parquet column of fixed-size lists."""
+  x = np.ascontiguousarray(x, np.float32)
+  return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+def export(model, out_dir: str) -> dict:
+  """Writes the embeddings of a `mmjax.api.TrainedModel`; returns the manifest."""
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise MmjaxError(f"cannot create export dir {out_dir}: {e.strerror}") from None
+  users = model.user_embeddings
+  items = {k: v for k, v in model.item_embeddings.items() if k in _ITEM_VECTORS}
+  user_ids = np.arange(model.num_users, dtype=np.int64)
+  item_ids = np.arange(model.num_items, dtype=np.int64)
+  files = {"users.npy": users.shape}
+  np.save(os.path.join(out_dir, "users.npy"), users)
+  for key, vectors in items.items():
+    name = _ITEM_VECTORS[key][0] + ".npy"
+    np.save(os.path.join(out_dir, name), vectors)
+    files[name] = vectors.shape
+  with open(os.path.join(out_dir, "id_map.json"), "w") as f:
+    json.dump({"user_id": user_ids.tolist(), "item_id": item_ids.tolist(),
+               "item_text": list(model.catalog.item_text)}, f)
+  pq.write_table(pa.table({"user_id": user_ids, "embedding": _vectors(users)}),
+                 os.path.join(out_dir, "users.parquet"))
+  columns = {"item_id": item_ids, "text": pa.array(model.catalog.item_text)}
+  columns.update({_ITEM_VECTORS[k][1]: _vectors(v) for k, v in items.items()})
+  pq.write_table(pa.table(columns), os.path.join(out_dir, "items.parquet"))
+  files.update({"id_map.json": None, "users.parquet": (len(user_ids),),
+                "items.parquet": (len(item_ids),)})
+  manifest = dict(workdir=model.workdir, step=model.step,
+                  num_users=model.num_users, num_items=model.num_items,
+                  dim=int(users.shape[1]),
+                  files={k: list(v) if v else None for k, v in files.items()})
+  with open(os.path.join(out_dir, "export.json"), "w") as f:
+    json.dump(manifest, f, indent=2)
+  return manifest
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description="Export user and item embeddings.")
+  p.add_argument("--workdir", required=True, help="A finished run's workdir.")
+  p.add_argument("--out", default=None, help="Output dir (default <workdir>/export).")
+  return p
+
+
+def run(args) -> None:
+  from mmjax.api import load
+  model = load(args.workdir)
+  out = os.path.abspath(args.out or os.path.join(model.workdir, "export"))
+  manifest = export(model, out)
+  print(f"exported step {manifest['step']}: {manifest['num_users']} users, "
+        f"{manifest['num_items']} items, dim {manifest['dim']} -> {out}")
+  for name, shape in manifest["files"].items():
+    print(f"  {name:18s} {tuple(shape) if shape else ''}")

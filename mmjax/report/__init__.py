@@ -1,0 +1,1 @@
+"""After-training pictures: the HTML report, its diagnostics and figures."""

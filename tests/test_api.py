@@ -1,0 +1,124 @@
+"""mmjax.load: a finished run back as an object that recommends and encodes."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mmjax
+from mmjax.data.catalog import TEST, TRAIN
+from mmjax.errors import MmjaxError
+from mmjax.eval.metrics import pad_lists, ranking_metrics, topk_from_embeddings
+
+
+@pytest.fixture(scope="module")
+def model(trained_workdir):
+  return mmjax.load(trained_workdir)
+
+
+def test_loaded_model_reproduces_the_runs_test_metrics(model, trained_workdir):
+  """Restored params + the same encoders give the numbers the trainer logged."""
+  summary = json.load(open(os.path.join(trained_workdir, "summary.json")))
+  assert model.step == summary["config"]["train"]["steps"] == 4
+  u, v = model.scoring_vectors
+  topk = topk_from_embeddings(u, v, pad_lists(model.catalog.user_histories(TRAIN)), 50)
+  got = ranking_metrics(topk, pad_lists(model.catalog.user_histories(TEST)))
+  for k in ("recall@20", "ndcg@20", "recall@50"):
+    assert got[k] == pytest.approx(summary["test"][k], abs=1e-6)
+
+
+def test_initial_model_is_rebuilt_and_differs(model):
+  init = model.at_init()
+  assert init.step == 0
+  trained, start = model.item_embeddings, init.item_embeddings
+  assert trained["item"].shape == start["item"].shape == (model.num_items, 16)
+  assert not np.allclose(trained["z_text"], start["z_text"], atol=1e-4)
+
+
+def test_recommend_ranks_unseen_items_by_score(model):
+  user, k = 5, 7
+  seen = set(model.seen(user).tolist())
+  assert seen and seen == set(model.catalog.interactions[
+      model.catalog.interactions[:, 0] == user, 1].tolist())
+  recs = model.recommend(user, k)
+  u, v = model.scoring_vectors
+  scores = v @ u[user]
+  expected = [i for i in np.argsort(-scores, kind="stable") if i not in seen][:k]
+  assert [r.item for r in recs] == expected
+  np.testing.assert_allclose([r.score for r in recs], scores[expected], rtol=1e-5)
+  assert recs[0].text == model.catalog.item_text[expected[0]]
+
+
+def test_similar_is_nearest_by_cosine_without_the_item(model):
+  item, k = 11, 5
+  v = model.item_embeddings["item"]
+  cos = v @ v[item]
+  expected = [i for i in np.argsort(-cos, kind="stable") if i != item][:k]
+  got = model.similar(item, k)
+  assert [r.item for r in got] == expected
+  np.testing.assert_allclose([r.score for r in got], cos[expected], rtol=1e-5)
+
+
+def test_encoders_match_the_catalog_embeddings(model, tmp_path):
+  # One query at a time, as `search` encodes: one compile per tower.
+  z = model.item_embeddings
+  np.testing.assert_allclose(model.encode_text(model.catalog.item_text[4]),
+                             z["z_text"][4:5], atol=1e-5)
+  image = model.catalog.item_images[2]
+  np.testing.assert_allclose(model.encode_images(image[None]), z["z_image"][2:3],
+                             atol=1e-5)
+  path = tmp_path / "item2.png"
+  Image.fromarray(image).save(path)
+  np.testing.assert_allclose(model.encode_images([str(path)]), z["z_image"][2:3],
+                             atol=1e-5)
+  big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)   # Resized back down.
+  assert model.encode_images([big]).shape == (1, 16)
+
+
+def test_search_ranks_items_by_image_similarity_to_the_query(model):
+  text = model.catalog.item_text[3]
+  q = model.encode_text([text])[0]
+  scores = model.item_embeddings["z_image"] @ q
+  got = model.search(text, 4)
+  assert [r.item for r in got] == list(np.argsort(-scores, kind="stable")[:4])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.recommend(10**6), "unknown user 1000000"),
+    (lambda m: m.recommend(-1), "unknown user -1"),
+    (lambda m: m.recommend("3"), "unknown user '3'"),
+    (lambda m: m.similar(96), "unknown item 96: item ids are 0..95"),
+    (lambda m: m.recommend(0, k=0), "k=0"),
+    (lambda m: m.similar(0, k=96), "k=96"),
+    (lambda m: m.encode_text([]), "at least one text"),
+    (lambda m: m.encode_images(["/nonexistent.png"]), "cannot read image"),
+])
+def test_bad_queries_raise_mmjax_errors(model, call, message):
+  with pytest.raises(MmjaxError, match=message.replace("(", r"\(")):
+    call(model)
+
+
+def test_load_errors_name_the_problem(tmp_path, trained_workdir):
+  with pytest.raises(MmjaxError, match="workdir not found"):
+    mmjax.load(tmp_path / "nope")
+  with pytest.raises(MmjaxError, match="no checkpoint in"):
+    mmjax.load(tmp_path)
+  no_summary = tmp_path / "copy"
+  shutil.copytree(os.path.join(trained_workdir, "checkpoints"), no_summary / "checkpoints")
+  with pytest.raises(MmjaxError, match="summary.json not found"):
+    mmjax.load(no_summary)
+  summary = json.load(open(os.path.join(trained_workdir, "summary.json")))
+  summary["config"]["loss"]["retired_term"] = 0.5   # Training-only: dropped.
+  (no_summary / "summary.json").write_text(json.dumps(summary))
+  assert mmjax.load(no_summary).step == 4
+  summary["config"]["model"]["colour"] = 1          # Shapes the model: an error.
+  (no_summary / "summary.json").write_text(json.dumps(summary))
+  with pytest.raises(MmjaxError, match="unknown to this mmjax version: config.model.colour"):
+    mmjax.load(no_summary)
+  summary["config"]["data"]["name"] = "mmrec"   # A frozen-feature run's summary.
+  (tmp_path / "summary.json").write_text(json.dumps(summary))
+  with pytest.raises(MmjaxError, match="frozen-feature MMRec run"):
+    mmjax.load(tmp_path)
