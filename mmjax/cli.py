@@ -15,6 +15,17 @@ from mmjax.errors import MmjaxError
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Only compile the train step for the configured mesh and "
+    "print its per-device memory and FLOPs.")
+# Multi-host (docs/scale.md): the same command on every host.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0 (multi-host runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-host run found by JAX's cluster "
+    "auto-detection (TPU pod slice, SLURM, Open MPI).")
 
 
 def _fail(message: str) -> None:
@@ -46,18 +57,47 @@ def train_main(argv: list[str]) -> None:
     flags.FLAGS(argv)
   except flags.Error as e:
     _fail(str(e))
-  if not _WORKDIR.value:
+  if not _WORKDIR.value and not _DRY_RUN.value:
     _fail("--workdir is required")
+  from mmjax.train import distributed
   from mmjax.train.trainer import train_and_evaluate
   try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value, auto=_DISTRIBUTED.value)
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value, dry_run=_DRY_RUN.value)
   except MmjaxError as e:
     if _VERBOSE.value:
       raise
     _fail(str(e))
 
 
-_COMMANDS = {"train": train_main}
+def _argparse_command(module: str):
+  """A command whose module has `parser()` (argparse) and `run(args)`."""
+  def command_main(argv: list[str]) -> None:
+    import importlib
+    mod = importlib.import_module(module)
+    parser = mod.parser()
+    parser.prog = argv[0]
+    parser.add_argument("--verbose", action="store_true",
+                        help="Show tracebacks for errors.")
+    parser.error = lambda message: _fail(f"{argv[0]}: {message}")
+    args = parser.parse_args(argv[1:])
+    try:
+      mod.run(args)
+    except MmjaxError as e:
+      if args.verbose:
+        raise
+      _fail(str(e))
+  return command_main
+
+
+_COMMANDS = {
+    "train": train_main,
+    "export": _argparse_command("mmjax.export"),
+    "recommend": _argparse_command("mmjax.recommend"),
+    "report": _argparse_command("mmjax.report.html"),
+    "encode": _argparse_command("mmjax.encode"),
+}
 
 
 def main() -> None:

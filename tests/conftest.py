@@ -37,3 +37,17 @@ def config(data_dir):
   cfg = tiny_config()
   cfg.data.dir = data_dir
   return cfg
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, data_dir):
+  """One tiny finished run (checkpoint, metrics.jsonl, summary.json), shared
+  by the after-training tests (api, export/recommend, report)."""
+  from mmjax.train.trainer import train_and_evaluate
+  cfg = tiny_config()
+  cfg.data.dir = data_dir
+  cfg.train.steps = 4
+  cfg.train.checkpoint_every = 4
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  train_and_evaluate(cfg, workdir, log=lambda *_: None)
+  return workdir

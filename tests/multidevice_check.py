@@ -13,36 +13,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmjax.data import store  # noqa: E402
-from mmjax.data.features import TextTokenizer  # noqa: E402
-from mmjax.data.pipeline import train_dataset  # noqa: E402
-from mmjax.models.model import DataShapes, build_model  # noqa: E402
-from mmjax.train import mesh as mesh_lib  # noqa: E402
-from mmjax.train.optimizer import learning_rate, make_optimizer  # noqa: E402
-from mmjax.train.step import (init_state, make_grad_fn, make_train_step,  # noqa: E402
-                              state_shardings)
+from scale_setup import grads, setup, train_steps  # noqa: E402
 from tiny import tiny_config  # noqa: E402
 
 
 def run(cfg, data_dir, devices):
-  mesh = mesh_lib.make_mesh(cfg.mesh, devices)
-  catalog = store.load_catalog(data_dir)
-  tok = TextTokenizer(store.tokenizer_path(data_dir), cfg.data.max_text_len)
-  shapes = DataShapes.of(catalog, tok, cfg.data.max_text_len)
-  tx = make_optimizer(cfg.train)
-  graphdef, state = init_state(build_model(cfg.model, shapes, seed=0), tx, 0)
-  sh = state_shardings(state, mesh)
-  state = jax.device_put(state, sh)
-  local = next(iter(train_dataset(data_dir, catalog, cfg.data,
-                                  batch_size=cfg.train.batch_size, seed=0)))
-  batch = mesh_lib.global_batch(local, mesh)
-  grad_fn = make_grad_fn(graphdef, cfg.loss, mesh, sh)
-  rng = jax.random.key_data(jax.random.key(1))
-  (loss, (terms, _)), grads = grad_fn(state["params"], state["rest"], batch, rng, state["step"])
-  step = make_train_step(graphdef, tx, cfg.loss, mesh, sh, learning_rate(cfg.train))
-  new_state, _ = step(state, batch)
-  assert len(batch["tokens"].sharding.device_set) == len(devices)
-  return jax.device_get((loss, terms, grads, (new_state["params"], new_state["rest"])))
+  s = setup(cfg, data_dir, devices)
+  (loss, (terms, _)), g = grads(s)
+  new_state, _ = train_steps(s, 1)
+  assert len(s.batch["tokens"].sharding.device_set) == len(devices)
+  return loss, terms, g, jax.device_get((new_state["params"], new_state["rest"]))
 
 
 def main():

@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.xdist_group("simulated_devices")
 def test_eight_devices_match_one(data_dir):
   proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_check.py"), data_dir],
                         capture_output=True, text=True, timeout=900)

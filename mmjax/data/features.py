@@ -1,22 +1,36 @@
 """Per-item feature transforms shared by the train pipeline and evaluation."""
 
+import os
+
 import numpy as np
 import tokenizers
 
+from mmjax.errors import MmjaxError
+
 
 class TextTokenizer:
-  """A WordPiece `tokenizers.Tokenizer` padded/truncated to a fixed length."""
+  """A `tokenizers.Tokenizer` padded/truncated to a fixed length.
+
+  `path` is the catalog's WordPiece `tokenizer.json`, or an HF checkpoint
+  folder whose tokenizer `transformers.AutoTokenizer` loads (offline).
+  """
 
   def __init__(self, path: str, max_len: int):
     self.path, self.max_len = path, max_len
-    self._tok = tokenizers.Tokenizer.from_file(path)
+    if os.path.isdir(path):
+      hf = _hf_tokenizer(path)
+      self._tok = hf.backend_tokenizer
+      pad, mask, specials = hf.pad_token, hf.mask_token, hf.all_special_tokens
+    else:
+      self._tok = tokenizers.Tokenizer.from_file(path)
+      pad, mask = "[PAD]", "[MASK]"
+      specials = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
     self._tok.enable_truncation(max_len)
-    self.pad_id = self._tok.token_to_id("[PAD]")
-    self.mask_id = self._tok.token_to_id("[MASK]")
-    self._tok.enable_padding(length=max_len, pad_id=self.pad_id)
+    self.pad_id = self._tok.token_to_id(pad)
+    self.mask_id = self._tok.token_to_id(mask)
+    self._tok.enable_padding(length=max_len, pad_id=self.pad_id, pad_token=pad)
     self.vocab_size = self._tok.get_vocab_size()
-    self.special_ids = np.asarray(sorted(
-        self._tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")))
+    self.special_ids = np.asarray(sorted(self._tok.token_to_id(t) for t in specials))
 
   def encode_all(self, texts) -> tuple[np.ndarray, np.ndarray]:
     encs = self._tok.encode_batch(
@@ -30,6 +44,19 @@ class TextTokenizer:
 
   def __setstate__(self, state):
     self.__init__(state["path"], state["max_len"])
+
+
+def _hf_tokenizer(path: str):
+  """A fast tokenizer from an HF folder; never touches the network."""
+  import transformers
+  try:
+    tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+  except (OSError, ValueError) as e:
+    raise MmjaxError(f"{path}: cannot load its tokenizer ({e})") from None
+  if not tok.is_fast or tok.pad_token is None or tok.mask_token is None:
+    raise MmjaxError(f"{path}: the tokenizer must be a fast tokenizer with "
+                     "pad and mask tokens")
+  return tok
 
 
 def normalize_images(images: np.ndarray) -> np.ndarray:

@@ -91,11 +91,20 @@ def _ids(pair: np.ndarray) -> dict:
   return dict(user_id=pair[0], item_id=pair[1])
 
 
+def text_tokenizer(data_dir: str, config) -> TextTokenizer:
+  """The text tower's tokenizer: config.model.text.init_from's, else the
+  catalog's WordPiece."""
+  return TextTokenizer(config.model.text.init_from or store.tokenizer_path(data_dir),
+                       config.data.max_text_len)
+
+
 def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
-                  seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
-  """The endless, checkpointable stream of this process's train batches."""
-  tokenizer = TextTokenizer(store.tokenizer_path(data_dir), data_cfg.max_text_len)
+                  seed: int, process_index: int = 0, process_count: int = 1,
+                  tokenizer: TextTokenizer | None = None) -> grain.IterDataset:
+  """The endless, checkpointable stream of this process's train batches
+  (tokenized by `tokenizer`, by default the catalog's)."""
+  if tokenizer is None:
+    tokenizer = TextTokenizer(store.tokenizer_path(data_dir), data_cfg.max_text_len)
   longest = max(1, int(np.bincount(catalog.split_pairs(TRAIN)[:, 0]).max()))
   transform = BatchTransform(
       items=ItemFeatures.build(catalog, tokenizer), tokenizer=tokenizer,

@@ -28,6 +28,7 @@ import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tokenizers
 
 from mmjax.data import catalog as catalog_lib
 from mmjax.data import synthetic
@@ -149,11 +150,20 @@ def write_catalog(
   _write(catalog, data_dir, tokenizer_vocab=tokenizer_vocab, replace=True)
 
 
-def _write(cat, data_dir, *, tokenizer_vocab, replace, extra_meta=None):
+def write_cached(catalog: catalog_lib.Catalog, data_dir: str, *,
+                 tokenizer: tokenizers.Tokenizer, extra_meta: dict) -> None:
+  """Writes a cache entry, unless a concurrent writer has just published one."""
+  _write(catalog, data_dir, tokenizer_vocab=None, replace=False,
+         extra_meta=extra_meta, tokenizer=tokenizer)
+
+
+def _write(cat, data_dir, *, tokenizer_vocab, replace, extra_meta=None,
+           tokenizer=None):
   """Writes into a temp dir beside data_dir, then renames it into place.
 
   With replace=False an existing data dir (e.g. one a concurrent process just
-  finished) is kept and the new copy dropped.
+  finished) is kept and the new copy dropped. A given `tokenizer` is saved
+  instead of one trained with `tokenizer_vocab`.
   """
   cat.validate()
   data_dir = os.path.abspath(os.fspath(data_dir))
@@ -170,7 +180,7 @@ def _write(cat, data_dir, *, tokenizer_vocab, replace, extra_meta=None):
       for builder in (_item_builder(cat, tmp), _interactions_builder(cat, tmp)):
         builder.download_and_prepare(download_dir=downloads)
     shutil.rmtree(downloads, ignore_errors=True)
-    text.train_wordpiece(cat.item_text, tokenizer_vocab).save(
+    (tokenizer or text.train_wordpiece(cat.item_text, tokenizer_vocab)).save(
         os.path.join(tmp, _TOKENIZER))
     if cat.oracle_scores is not None:
       np.save(os.path.join(tmp, _ORACLE), cat.oracle_scores)
@@ -311,6 +321,16 @@ def _default_cache_root():
       os.path.expanduser("~"), ".cache", "mmjax")
 
 
+def cached_dir(kind: str, key: dict, cache_root: str | None = None) -> str:
+  """cache_root/<kind>-<hash of key and the format version>.
+
+  cache_root defaults to $MMJAX_CACHE or ~/.cache/mmjax.
+  """
+  key = json.dumps({**key, "format_version": FORMAT_VERSION}, sort_keys=True)
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  return os.path.join(cache_root or _default_cache_root(), f"{kind}-{digest}")
+
+
 def ensure_synthetic(
     spec: synthetic.SyntheticSpec, cache_root: str | None = None
 ) -> str:
@@ -320,11 +340,8 @@ def ensure_synthetic(
   a name hashed from the spec and the format version, so any change to either
   gets a fresh dir.
   """
-  key = json.dumps({"spec": dataclasses.asdict(spec),
-                    "format_version": FORMAT_VERSION}, sort_keys=True)
-  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  data_dir = os.path.join(cache_root or _default_cache_root(),
-                          f"synthetic-{digest}")
+  data_dir = cached_dir("synthetic", {"spec": dataclasses.asdict(spec)},
+                        cache_root)
   if not is_data_dir(data_dir):
     _write(synthetic.generate(spec), data_dir, tokenizer_vocab=1024,
            replace=False,

@@ -45,8 +45,17 @@ class Encoder:
       ids = jnp.arange(items.shape[0])
       return model.rec.scoring_vectors(users, items, ids)
 
+    @functools.partial(jax.jit, out_shardings=rep)
+    def texts(params, rest, tokens, mask):
+      return nnx.merge(graphdef, params, rest).encode_text(tokens, mask)
+
+    @functools.partial(jax.jit, out_shardings=rep)
+    def images(params, rest, images):
+      return nnx.merge(graphdef, params, rest).encode_images(images)
+
     self.scoring = scoring
     self._items, self._users, self._data = items, users, data
+    self._texts, self._images = texts, images
 
   def _apply(self, jitted, params, rest, arrays, *replicated_args):
     """jitted over batches of `arrays`, each batch sharded on `data`."""
@@ -61,6 +70,14 @@ class Encoder:
   def users(self, params, rest, histories: np.ndarray, item_table: np.ndarray):
     ids = np.arange(len(histories), dtype=np.int32)
     return self._apply(self._users, params, rest, (ids, histories), item_table)
+
+  def texts(self, params, rest, tokens, mask):
+    """Aligned text vectors of tokenized texts (e.g. queries)."""
+    return self._apply(self._texts, params, rest, (tokens, mask))
+
+  def images(self, params, rest, images):
+    """Aligned image vectors of normalized images."""
+    return self._apply(self._images, params, rest, (images,))
 
 
 def baselines(catalog) -> dict:

@@ -15,11 +15,22 @@ def masked_lm_loss(logits, labels):
   Returns:
     (loss, accuracy), float32 scalars; both 0 (not NaN) with nothing masked.
   """
+  return masked_lm_mean(*masked_lm_sums(logits, labels), labels)
+
+
+def masked_lm_sums(logits, labels):
+  """Per-example (B,) sums of the masked positions' NLL and hits: the parts
+  of `masked_lm_loss` that micro-batches can compute apart."""
   mask = labels >= 0
-  n = jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
   safe = jnp.where(mask, labels, 0)  # -1 is not a valid gather index.
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-  loss = jnp.sum(jnp.where(mask, nll, 0.)) / n
   correct = (jnp.argmax(logits, axis=-1) == labels) & mask
-  return loss, jnp.sum(correct) / n
+  return (jnp.sum(jnp.where(mask, nll, 0.), axis=-1),
+          jnp.sum(correct, axis=-1).astype(jnp.float32))
+
+
+def masked_lm_mean(nll_sums, correct_sums, labels):
+  """(loss, accuracy) from `masked_lm_sums` over the whole batch."""
+  n = jnp.maximum(jnp.sum(labels >= 0), 1).astype(jnp.float32)
+  return jnp.sum(nll_sums) / n, jnp.sum(correct_sums) / n

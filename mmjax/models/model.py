@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmjax.models import pretrained
 from mmjax.models.aligners import Projection
 from mmjax.models.encoders.text import BertEncoder, MaskedLMHead
 from mmjax.models.encoders.vision import SmallCNN, ViT
@@ -48,31 +49,41 @@ class MultimodalRecommender(nnx.Module):
   def __init__(self, cfg, shapes: DataShapes, *, rngs: nnx.Rngs):
     dtype = jnp.dtype(cfg.dtype)
     t, im, f = cfg.text, cfg.image, cfg.fusion
-    self.text = BertEncoder(
-        vocab_size=shapes.vocab_size, hidden=t.hidden, layers=t.layers,
-        heads=t.heads, mlp_dim=t.mlp_dim, max_len=shapes.max_text_len,
-        type_vocab=t.type_vocab, pooling=t.pooling, dropout=t.dropout,
-        dtype=dtype, rngs=rngs)
-    self.mlm_head = MaskedLMHead(t.hidden, shapes.vocab_size, dtype=dtype, rngs=rngs)
-    if im.kind == "vit":
+    if t.init_from:
+      self.text, self.mlm_head = pretrained.text_tower(cfg, shapes, rngs)
+    else:
+      self.text = BertEncoder(
+          vocab_size=shapes.vocab_size, hidden=t.hidden, layers=t.layers,
+          heads=t.heads, mlp_dim=t.mlp_dim, max_len=shapes.max_text_len,
+          type_vocab=t.type_vocab, pooling=t.pooling, dropout=t.dropout,
+          remat=cfg.remat, dtype=dtype, rngs=rngs)
+      self.mlm_head = MaskedLMHead(t.hidden, shapes.vocab_size, dtype=dtype, rngs=rngs)
+    # Pixels arrive in [-1, 1]; a pretrained tower wants (x - mean) / std.
+    self.pixel_mean, self.pixel_std = (0.5,) * 3, (0.5,) * 3
+    if im.init_from:
+      self.image = pretrained.image_tower(cfg, shapes, rngs)
+      self.pixel_mean, self.pixel_std = pretrained.image_normalization(im.init_from)
+    elif im.kind == "vit":
       self.image = ViT(
           image_size=shapes.image_size, patch_size=im.patch_size,
           hidden=im.hidden, layers=im.layers, heads=im.heads,
           mlp_dim=im.mlp_dim, pooling=im.pooling, dropout=im.dropout,
+          remat=cfg.remat,
           dtype=dtype, rngs=rngs)
     else:
       self.image = SmallCNN(
           image_size=shapes.image_size, widths=tuple(im.cnn_widths),
           hidden=im.hidden, dtype=dtype, rngs=rngs)
-    self.text_proj = Projection(t.hidden, cfg.dim, dtype=dtype, rngs=rngs)
-    self.image_proj = Projection(im.hidden, cfg.dim, dtype=dtype, rngs=rngs)
+    text_hidden, image_hidden = pretrained.widths(self, cfg)
+    self.text_proj = Projection(text_hidden, cfg.dim, dtype=dtype, rngs=rngs)
+    self.image_proj = Projection(image_hidden, cfg.dim, dtype=dtype, rngs=rngs)
     fusion_kwargs = dict(dim=cfg.dim, out_dim=cfg.dim, dropout=f.dropout,
                          dtype=dtype, rngs=rngs)
     if f.kind == "mlp":
       fusion_kwargs.update(hidden=f.hidden)
     else:
       fusion_kwargs.update(heads=f.heads, layers=f.layers,
-                           text_dim=t.hidden, image_dim=im.hidden)
+                           text_dim=text_hidden, image_dim=image_hidden)
     self.fusion = build_fusion(f.kind, **fusion_kwargs)
     self.contrastive = ContrastiveParams()
     self.rec = Recommender(
@@ -87,7 +98,7 @@ class MultimodalRecommender(nnx.Module):
     text_tokens, text_pooled = self.text(
         tokens, mask, deterministic=deterministic, rngs=rngs)
     image_tokens, image_pooled = self.image(
-        images, deterministic=deterministic, rngs=rngs)
+        self._pixels(images), deterministic=deterministic, rngs=rngs)
     z_text = self.text_proj(text_pooled)
     z_image = self.image_proj(image_pooled)
     fused = self.fusion(z_text, z_image, text_tokens=text_tokens,
@@ -95,6 +106,23 @@ class MultimodalRecommender(nnx.Module):
                         deterministic=deterministic, rngs=rngs)
     return dict(z_text=z_text, z_image=z_image,
                 item=self.rec.item_vectors(fused, item_ids))
+
+  def encode_text(self, tokens, mask):
+    """Aligned text vectors alone, e.g. for a text query (inference only)."""
+    return self.text_proj(self.text(tokens, mask)[1])
+
+  def encode_images(self, images):
+    """Aligned image vectors alone (inference only)."""
+    return self.image_proj(self.image(self._pixels(images))[1])
+
+  def _pixels(self, images):
+    """[-1, 1] pixels in the image tower's normalization (a no-op unless
+    the tower is pretrained with other statistics, e.g. CLIP)."""
+    if self.pixel_mean == self.pixel_std == (0.5,) * 3:
+      return images
+    mean = jnp.asarray(self.pixel_mean, images.dtype)
+    std = jnp.asarray(self.pixel_std, images.dtype)
+    return ((images + 1) / 2 - mean) / std
 
   def encode_users(self, user_ids, history, item_table=None):
     """User vectors; `item_table` (N, dim) replaces the training-time history

@@ -1,5 +1,7 @@
 """Device mesh and the shardings of batches and parameters."""
 
+import re
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -32,6 +34,33 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def rule_shardings(tree, mesh: Mesh, rules):
+  """NamedShardings for `tree` from config.mesh.rules: the first (regex, spec)
+  whose regex re.search-es a leaf's path ("text/layers/0/.../kernel") gives
+  its PartitionSpec. Unmatched leaves, and mesh axes that do not divide their
+  dimension (e.g. an odd vocabulary), stay replicated."""
+  compiled = [(re.compile(regex), tuple(spec)) for regex, spec in rules]
+
+  def leaf_sharding(path, leaf):
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    name = name.removesuffix("/value")   # nnx.Variable's own leaf.
+    spec = next((s for r, s in compiled if r.search(name)), ())
+    shape = np.shape(leaf)
+    if len(spec) > len(shape):
+      raise MmjaxError(f"config.mesh.rules: spec {spec} has more dimensions "
+                       f"than {name} {shape}")
+    spec = [axis if axis is not None and shape[i] % _axes_size(mesh, axis) == 0
+            else None for i, axis in enumerate(spec)]
+    return NamedSharding(mesh, P(*spec))
+
+  return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def _axes_size(mesh: Mesh, axis) -> int:
+  return int(np.prod([mesh.shape[a] for a in
+                      (axis if isinstance(axis, (tuple, list)) else (axis,))]))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:

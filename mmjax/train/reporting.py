@@ -37,6 +37,22 @@ class MetricsWriter:
       self._tb.close()
 
 
+class ExampleIdLog:
+  """`example_ids.p<process>.jsonl`: the (user, item) ids of each step's batch
+  on this process (config.train.log_example_ids; off by default). Lets a test
+  prove that a resumed stream repeats and skips nothing."""
+
+  def __init__(self, workdir: str, resumed_from: int):
+    self.path = os.path.join(workdir, f"example_ids.p{jax.process_index()}.jsonl")
+    truncate_after(self.path, resumed_from)
+
+  def write(self, step: int, batch: dict) -> None:
+    row = dict(step=int(step), user_id=np.asarray(batch["user_id"]).tolist(),
+               item_id=np.asarray(batch["item_id"]).tolist())
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
 def truncate_after(path: str, step: int) -> None:
   """Drops rows past `step` (a resumed run rewrites them, never duplicates)."""
   if not os.path.exists(path):

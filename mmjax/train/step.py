@@ -5,6 +5,7 @@ the model's graphdef is split off once and merged inside the jitted function
 (the Flax NNX performance recipe), so the step is a pure function.
 """
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,10 @@ from flax import nnx
 
 from mmjax.losses.alignment import coral, mmd
 from mmjax.losses.contrastive import infonce, siglip
-from mmjax.losses.mlm import masked_lm_loss
+from mmjax.losses.mlm import masked_lm_mean, masked_lm_sums
+from mmjax.losses.sharded_contrastive import ring_infonce, ring_siglip
 from mmjax.losses.recommendation import bce, bpr, sampled_softmax_logq
+from mmjax.train import accumulate, guard
 from mmjax.train import mesh as mesh_lib
 
 CONTRASTIVE_TERMS = ("infonce", "siglip", "mmd", "coral", "mlm", "orthogonality")
@@ -22,18 +25,49 @@ REC_TERMS = ("softmax", "bpr", "bce")
 TERMS = CONTRASTIVE_TERMS + REC_TERMS
 
 
-def loss_terms(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg) -> dict:
+def loss_terms(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg,
+               mesh=None) -> dict:
   """Every loss term (unweighted) for one batch; terms with weight 0 are skipped."""
+  out = encode_batch(model, batch, rngs, loss_cfg)
+  return batch_terms(model, out, batch, loss_cfg, train=rngs is not None, mesh=mesh)
+
+
+def encode_batch(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg) -> dict:
+  """The encoders' per-example outputs: row i depends on example i only, so
+  micro-batches of it can be computed apart (GradCache, accumulate.py)."""
   train = rngs is not None
   out = model.encode_items(batch["tokens"], batch["mask"], batch["image"],
                            batch["item_id"], deterministic=not train, rngs=rngs)
+  if loss_cfg.mlm:
+    logits = model.mlm_logits(batch["mlm_tokens"], batch["mask"],
+                              batch["mlm_positions"], deterministic=not train,
+                              rngs=rngs)
+    out["mlm_nll"], out["mlm_correct"] = masked_lm_sums(logits, batch["mlm_labels"])
+  if any(loss_cfg[t] for t in REC_TERMS):
+    out["user"] = model.encode_users(batch["user_id"], batch["history"])
+  return out
+
+
+def _contrastive_fns(loss_cfg, mesh):
+  """(infonce, siglip): dense, or sharded over `mesh` (config.loss.contrastive_impl)."""
+  if loss_cfg.contrastive_impl == "dense" or mesh is None:
+    return infonce, siglip
+  kw = dict(mesh=mesh, chunk=loss_cfg.contrastive_chunk)
+  return (functools.partial(ring_infonce, **kw), functools.partial(ring_siglip, **kw))
+
+
+def batch_terms(model, out: dict, batch: dict, loss_cfg, *, train: bool,
+                mesh=None) -> tuple[dict, dict]:
+  """The loss terms from `encode_batch`'s outputs for the whole batch."""
   z_t, z_i, ids = out["z_text"], out["z_image"], batch["item_id"]
   c = model.contrastive
+  infonce_fn, siglip_fn = _contrastive_fns(loss_cfg, mesh)
   terms, extras = {}, {}
   if loss_cfg.infonce:
-    terms["infonce"] = infonce(z_t, z_i, c.infonce_log_scale[...], ids=ids)
+    terms["infonce"] = infonce_fn(z_t, z_i, c.infonce_log_scale[...], ids=ids)
   if loss_cfg.siglip:
-    terms["siglip"] = siglip(z_t, z_i, c.siglip_log_t[...], c.siglip_bias[...], ids=ids)
+    terms["siglip"] = siglip_fn(z_t, z_i, c.siglip_log_t[...], c.siglip_bias[...],
+                                ids=ids)
   if loss_cfg.mmd:
     terms["mmd"] = mmd(z_t, z_i)
   if loss_cfg.coral:
@@ -41,12 +75,10 @@ def loss_terms(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg) -> dict:
   if loss_cfg.orthogonality:
     terms["orthogonality"] = model.orthogonality_penalty()
   if loss_cfg.mlm:
-    logits = model.mlm_logits(batch["mlm_tokens"], batch["mask"],
-                              batch["mlm_positions"], deterministic=not train,
-                              rngs=rngs)
-    terms["mlm"], extras["mlm_accuracy"] = masked_lm_loss(logits, batch["mlm_labels"])
+    terms["mlm"], extras["mlm_accuracy"] = masked_lm_mean(
+        out["mlm_nll"], out["mlm_correct"], batch["mlm_labels"])
   if any(loss_cfg[t] for t in REC_TERMS):
-    u = model.encode_users(batch["user_id"], batch["history"])
+    u = out["user"]
     if train:
       extras["item_memory"] = model.rec.refreshed_memory(ids, out["item"])
     u, v = model.rec.scoring_vectors(u, out["item"], ids)
@@ -69,14 +101,36 @@ def weighted_total(terms: dict, loss_cfg, step) -> jax.Array:
   return total
 
 
-def make_loss_fn(graphdef, loss_cfg):
-  def loss_fn(params, rest, batch, rng, step):
-    model = nnx.merge(graphdef, params, rest)
+def make_encode_and_head(graphdef, loss_cfg, mesh=None):
+  """The objective in two parts, for GradCache (accumulate.py):
+  encode(params, rest, batch, rng) -> per-example outputs, and
+  head(params, rest, outputs, batch, rng, step) -> (loss, (metrics, memory))."""
+  def encode(params, rest, batch, rng):
     rngs = nnx.Rngs(dropout=rng) if rng is not None else None
-    terms, extras = loss_terms(model, batch, rngs, loss_cfg)
+    return encode_batch(nnx.merge(graphdef, params, rest), batch, rngs, loss_cfg)
+
+  def head(params, rest, out, batch, rng, step):
+    terms, extras = batch_terms(nnx.merge(graphdef, params, rest), out, batch,
+                                loss_cfg, train=rng is not None, mesh=mesh)
     memory = extras.pop("item_memory", None)
     return weighted_total(terms, loss_cfg, step), ({**terms, **extras}, memory)
+  return encode, head
+
+
+def make_loss_fn(graphdef, loss_cfg, mesh=None):
+  encode, head = make_encode_and_head(graphdef, loss_cfg, mesh)
+  def loss_fn(params, rest, batch, rng, step):
+    return head(params, rest, encode(params, rest, batch, rng), batch, rng, step)
   return loss_fn
+
+
+def make_value_and_grad(graphdef, loss_cfg, mesh=None, accum_steps: int = 1):
+  """(params, rest, batch, rng, step) -> ((loss, (metrics, memory)), grads);
+  with accum_steps > 1 the encoders run in micro-batches (GradCache)."""
+  if accum_steps == 1:
+    return jax.value_and_grad(make_loss_fn(graphdef, loss_cfg, mesh), has_aux=True)
+  encode, head = make_encode_and_head(graphdef, loss_cfg, mesh)
+  return accumulate.gradcache_value_and_grad(encode, head, accum_steps, mesh)
 
 
 def _with_memory(graphdef, params, rest, memory):
@@ -93,23 +147,30 @@ def init_state(model, tx, seed: int) -> tuple:
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   state = dict(params=params, rest=rest, opt_state=tx.init(params),
                step=jnp.zeros((), jnp.int32),
+               skipped=jnp.zeros((), jnp.int32),  # Non-finite steps (guard.py).
                rng=jax.random.key_data(jax.random.key(seed)))
   return graphdef, state
 
 
-def state_shardings(state, mesh):
-  """Parameters and optimizer state replicated (the default rule)."""
-  return jax.tree.map(lambda _: mesh_lib.replicated(mesh), state)
+def state_shardings(state, mesh, rules=()):
+  """Parameters and optimizer state by `rules` (config.mesh.rules; the
+  optimizer's moments share their parameter's path, so they follow it); the
+  rest replicated."""
+  shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), state)
+  for key in ("params", "opt_state"):
+    shardings[key] = mesh_lib.rule_shardings(state[key], mesh, rules)
+  return shardings
 
 
-def make_train_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule):
+def make_train_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule,
+                    accum_steps: int = 1):
   """Returns the jitted step(state, batch) -> (state, metrics); state donated."""
-  loss_fn = make_loss_fn(graphdef, loss_cfg)
+  grad_fn = make_value_and_grad(graphdef, loss_cfg, mesh, accum_steps)
 
   def step_fn(state, batch):
     step = state["step"]
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-    (loss, (terms, memory)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (terms, memory)), grads = grad_fn(
         state["params"], state["rest"], batch, rng, step)
     rest = _with_memory(graphdef, state["params"], state["rest"], memory)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -121,18 +182,17 @@ def make_train_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule):
     return new_state, metrics
 
   return jax.jit(
-      step_fn,
+      guard.skip_nonfinite(step_fn),
       in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
       out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
       donate_argnums=(0,))
 
 
-def make_grad_fn(graphdef, loss_cfg, mesh, state_sharding):
+def make_grad_fn(graphdef, loss_cfg, mesh, state_sharding, accum_steps: int = 1):
   """jitted (params, rest, batch, rng, step) -> ((loss, (terms, memory)), grads)."""
-  loss_fn = make_loss_fn(graphdef, loss_cfg)
   rep = mesh_lib.replicated(mesh)
   return jax.jit(
-      jax.value_and_grad(loss_fn, has_aux=True),
+      make_value_and_grad(graphdef, loss_cfg, mesh, accum_steps),
       in_shardings=(state_sharding["params"], state_sharding["rest"],
                     mesh_lib.batch_sharding(mesh), rep, rep),
       out_shardings=rep)

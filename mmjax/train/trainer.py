@@ -9,15 +9,17 @@ import numpy as np
 from tqdm import tqdm
 
 from mmjax import config as config_lib
-from mmjax.data import store
-from mmjax.data.features import TextTokenizer
-from mmjax.data.pipeline import train_dataset
+from mmjax.data import raw, store
+from mmjax.data.pipeline import text_tokenizer, train_dataset
 from mmjax.data.synthetic import SyntheticSpec
 from mmjax.errors import MmjaxError
 from mmjax.eval.evaluate import baselines, evaluate
 from mmjax.models.model import DataShapes, build_model
+from mmjax.train import guard
 from mmjax.train import mesh as mesh_lib
+from mmjax.train import preemption
 from mmjax.train import reporting
+from mmjax.train import resume
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.optimizer import learning_rate, make_optimizer
 from mmjax.train.step import init_state, make_train_step, state_shardings
@@ -36,8 +38,11 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def resolve_data_dir(data_cfg) -> str:
-  """The configured data dir, or the embedded catalog (generated once, cached)."""
+def resolve_data_dir(data_cfg, log=print) -> str:
+  """The configured data dir, the ingested raw folder or the embedded catalog
+  (both made once, cached)."""
+  if data_cfg.name == "raw":
+    return raw.ensure_ingested(data_cfg, log)
   if data_cfg.dir:
     if not os.path.isdir(data_cfg.dir):
       raise MmjaxError(f"data dir not found: {data_cfg.dir}")
@@ -70,15 +75,41 @@ def _mean_metrics(pending: list) -> dict:
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
-def train_and_evaluate(config, workdir: str, log=print) -> dict:
+def _dry_run(step_fn, state, config, data_dir, catalog, mesh, log) -> dict:
+  """Lowers and compiles the step for the configured mesh; trains nothing."""
+  local = next(iter(train_dataset(
+      data_dir, catalog, config.data, batch_size=config.train.batch_size,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      tokenizer=text_tokenizer(data_dir, config))))
+  t0 = time.time()
+  compiled = step_fn.lower(state, mesh_lib.global_batch(local, mesh)).compile()
+  flops = _report_compiled(compiled, log)
+  mem = compiled.memory_analysis()
+  names = ("argument", "output", "temp", "alias", "generated_code")
+  memory = ({n: int(getattr(mem, f"{n}_size_in_bytes")) for n in names}
+            if mem is not None else {})
+  log(f"dry run: compiled in {time.time() - t0:.1f}s; nothing trained")
+  return dict(dry_run=True, flops_per_step=flops, mesh=dict(mesh.shape),
+              memory_bytes_per_device=memory)
+
+
+def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -> dict:
+  """Trains and evaluates; `dry_run` only compiles the step and reports its
+  per-device memory and FLOPs (no workdir, no training)."""
   config_lib.validate(config)
-  workdir = prepare_workdir(workdir)
+  if config.data.name == "mmrec":   # Frozen features, MMRec's protocol.
+    from mmjax.train.frozen_trainer import train_and_evaluate_frozen
+    return train_and_evaluate_frozen(config, workdir, log)
   t_setup = time.time()
-  data_dir = resolve_data_dir(config.data)
+  data_dir = resolve_data_dir(config.data, log)
   catalog = store.load_catalog(data_dir)
-  tokenizer = TextTokenizer(store.tokenizer_path(data_dir), config.data.max_text_len)
+  tokenizer = text_tokenizer(data_dir, config)   # A pretrained tower's own.
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.check_batch_size(config.train.batch_size, mesh)
+  # Only once the inputs are known good: a bad input leaves no workdir behind.
+  if not dry_run:
+    workdir = prepare_workdir(workdir)
   log(f"data: {catalog.num_items} items, {catalog.num_users} users, "
       f"{len(catalog.interactions)} interactions ({data_dir})")
   log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
@@ -89,27 +120,34 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
   tx = make_optimizer(config.train)
   graphdef, state = init_state(model, tx, config.seed)
   del model
-  shardings = state_shardings(state, mesh)
+  shardings = state_shardings(state, mesh, config.mesh.rules)
   state = jax.device_put(state, shardings)
   step_fn = make_train_step(graphdef, tx, config.loss, mesh, shardings,
-                            learning_rate(config.train))
+                            learning_rate(config.train),
+                            accum_steps=config.train.accum_steps)
+  if dry_run:
+    return _dry_run(step_fn, state, config, data_dir, catalog, mesh, log)
 
   data_iter = iter(train_dataset(
       data_dir, catalog, config.data, batch_size=config.train.batch_size,
       seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count()))
+      process_count=jax.process_count(), tokenizer=tokenizer))
   ckpt = Checkpointer(workdir, every=config.train.checkpoint_every,
                       keep=config.train.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state, data_iter)
-    log(f"resumed from checkpoint at step {int(state['step'])}")
+  state = resume.restore_newest_good(ckpt, state, data_iter, config, workdir, log)
+  if jax.process_index() == 0:
+    resume.save_config(workdir, config)
   start = int(state["step"])
+  nan_policy = guard.NanPolicy.from_config(config.train, int(state["skipped"]))
+  id_log = (reporting.ExampleIdLog(workdir, start)
+            if config.train.log_example_ids else None)
   writer = reporting.MetricsWriter(workdir)
   if writer.active:
     reporting.truncate_after(writer.path, start)   # Rows past the checkpoint.
 
   total = config.train.steps
-  batch = mesh_lib.global_batch(next(data_iter), mesh)
+  local = next(data_iter)
+  batch = mesh_lib.global_batch(local, mesh)
   t0 = time.time()
   compiled = step_fn.lower(state, batch).compile()
   flops = _report_compiled(compiled, log)
@@ -120,25 +158,50 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
     bar = tqdm(total=total, initial=start, desc="train", unit="step",
                dynamic_ncols=True, disable=jax.process_index() != 0)
   t_loop = time.time()
-  for step in range(start + 1, total + 1):
-    if step > start + 1:
-      batch = mesh_lib.global_batch(next(data_iter), mesh)
-    state, metrics = compiled(state, batch)
-    pending.append(metrics)
-    if step % config.train.log_every == 0 or step == total:
-      row = _mean_metrics(pending)
-      pending = []
-      seconds = time.time() - t_loop
-      examples = (step - start) * config.train.batch_size
-      row["examples_per_sec"] = examples / max(seconds, 1e-9)
-      writer.write(step, row)
-      bar.set_postfix(loss=f"{row['loss']:.3f}", ex_s=f"{row['examples_per_sec']:.0f}")
-    bar.update(1)
-    ckpt.save(step, state, data_iter, force=step == total)
+  preempted_at = None
+  with preemption.SigtermFlag() as sigterm:
+    for step in range(start + 1, total + 1):
+      if step > start + 1:
+        local = next(data_iter)
+        batch = mesh_lib.global_batch(local, mesh)
+      state, metrics = compiled(state, batch)
+      if id_log is not None:
+        id_log.write(step, local)
+      pending.append(metrics)
+      # One scalar per step, so the NaN policy acts on the very step.
+      note = nan_policy.observe(step, int(metrics["skipped"]))
+      if note:
+        log(note)
+      if step % config.train.log_every == 0 or step == total or nan_policy.failed:
+        row = _mean_metrics(pending)
+        pending = []
+        seconds = time.time() - t_loop
+        examples = (step - start) * config.train.batch_size
+        row["examples_per_sec"] = examples / max(seconds, 1e-9)
+        row["skipped"] = nan_policy.skipped   # The running count, not its mean.
+        writer.write(step, row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", ex_s=f"{row['examples_per_sec']:.0f}")
+      bar.update(1)
+      if nan_policy.failed:   # The guard kept the last good parameters.
+        ckpt.save(step, state, data_iter, force=True)
+        ckpt.wait()
+        raise nan_policy.error(step)
+      saved = ckpt.save(step, state, data_iter, force=step == total)
+      if sigterm.requested:
+        if not saved:
+          ckpt.save(step, state, data_iter, force=True)
+        preempted_at = step
+        break
   if bar is not None:
     bar.close()
   ckpt.wait()
   seconds = time.time() - t_loop
+  if preempted_at is not None:
+    ckpt.close()
+    writer.close()
+    log(f"preempted (SIGTERM): saved checkpoint at step {preempted_at} in "
+        f"{ckpt.directory}; rerun the same command to resume")
+    return dict(preempted_at_step=preempted_at)
 
   log("evaluating ...")
   t_eval = time.time()
@@ -160,11 +223,7 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
       config=config.to_dict())
   ckpt.close()
   writer.close()
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=_jsonable)
-    reporting.plot_curves(writer.path, os.path.join(workdir, "curves.png"))
-    log(format_summary(summary))
+  write_outputs(workdir, summary, writer.path, format_summary, log)
   return summary
 
 
@@ -174,6 +233,16 @@ def _jsonable(x):
   if isinstance(x, (tuple, set)):
     return list(x)
   raise TypeError(f"not JSON serializable: {type(x)}")
+
+
+def write_outputs(workdir: str, summary: dict, metrics_path: str, formatter,
+                  log) -> None:
+  """summary.json, curves.png and the printed table (process 0 only)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=_jsonable)
+    reporting.plot_curves(metrics_path, os.path.join(workdir, "curves.png"))
+    log(formatter(summary))
 
 
 def format_summary(s: dict) -> str:

@@ -32,11 +32,14 @@ _ACTIVATIONS = {
     'gelu': lambda x: jax.nn.gelu(x, approximate=False),
     # CLIP's activation: x * sigmoid(1.702 x).
     'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
+    # HF names of the tanh approximation (some BERT-family checkpoints).
+    'gelu_new': lambda x: jax.nn.gelu(x, approximate=True),
+    'gelu_pytorch_tanh': lambda x: jax.nn.gelu(x, approximate=True),
 }
 
 
 def activation_fn(name: str):
-  """Returns the activation called `name` ('gelu' or 'quick_gelu')."""
+  """Returns the activation called `name` (an HF `hidden_act` value)."""
   if name not in _ACTIVATIONS:
     raise ValueError(
         f'activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}')
@@ -79,6 +82,21 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   # Clamp the count so an all-padding row gives zeros rather than NaN.
   count = jnp.maximum(m.sum(axis=1), 1.0)
   return (x * m).sum(axis=1) / count
+
+
+def apply_blocks(blocks, x: jax.Array, *args, remat: bool = False,
+                 deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:
+  """x = block(x, *args) through `blocks`. With `remat`, each block keeps only
+  its input for the backward pass and recomputes the rest (nnx.remat), which
+  trades one extra forward pass for the activation memory of a block."""
+  def call(block, x, args, rngs):
+    return block(x, *args, deterministic=deterministic, rngs=rngs)
+  if remat:
+    call = nnx.remat(call)
+  for block in blocks:
+    x = call(block, x, args, rngs)
+  return x
 
 
 class DenseOutput(nnx.Module):

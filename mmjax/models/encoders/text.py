@@ -64,11 +64,13 @@ class BertLayer(nnx.Module):
   """One post-LN BERT block: LN(x + attn(x)), then LN(h + MLP(h))."""
 
   def __init__(self, *, hidden: int, heads: int, mlp_dim: int, ln_eps: float,
-               dropout: float, dtype, param_dtype, rngs: nnx.Rngs):
+               activation: str, dropout: float, dtype, param_dtype,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attention = attn_lib.MultiHeadAttention(
         hidden, heads, post_ln_eps=ln_eps, dropout=dropout, **kw)
-    self.intermediate = attn_lib.Intermediate(hidden, mlp_dim, **kw)
+    self.intermediate = attn_lib.Intermediate(hidden, mlp_dim,
+                                              activation=activation, **kw)
     self.output = attn_lib.DenseOutput(mlp_dim, hidden, post_ln_eps=ln_eps,
                                        dropout=dropout, **kw)
 
@@ -101,7 +103,8 @@ class BertEncoder(nnx.Module):
   def __init__(self, *, vocab_size: int, hidden: int, layers: int, heads: int,
                mlp_dim: int, max_len: int, type_vocab: int = 2,
                pooling: str = 'cls', ln_eps: float = 1e-12,
-               dropout: float = 0.0, dtype=jnp.float32,
+               activation: str = 'gelu', dropout: float = 0.0,
+               remat: bool = False, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     if pooling not in POOLINGS:
       raise ValueError(f'pooling must be one of {POOLINGS}, got {pooling!r}')
@@ -112,14 +115,15 @@ class BertEncoder(nnx.Module):
         raise ValueError(f'{name} must be positive, got {value}')
     attn_lib.check_heads(hidden, heads)
     attn_lib.check_dropout(dropout)
-    self.pooling = pooling
+    self.pooling, self.remat = pooling, remat
     kw = dict(ln_eps=ln_eps, dropout=dropout, dtype=dtype,
               param_dtype=param_dtype, rngs=rngs)
     self.embeddings = BertEmbeddings(vocab_size=vocab_size, hidden=hidden,
                                      max_len=max_len, type_vocab=type_vocab,
                                      **kw)
     self.layers = nnx.List([
-        BertLayer(hidden=hidden, heads=heads, mlp_dim=mlp_dim, **kw)
+        BertLayer(hidden=hidden, heads=heads, mlp_dim=mlp_dim,
+                  activation=activation, **kw)
         for _ in range(layers)
     ])
     self.pooler = (BertPooler(hidden, dtype=dtype, param_dtype=param_dtype,
@@ -145,8 +149,8 @@ class BertEncoder(nnx.Module):
       token_types = jnp.zeros_like(tokens)
     x = self.embeddings(tokens, token_types, deterministic=deterministic,
                         rngs=rngs)
-    for layer in self.layers:
-      x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+    x = attn_lib.apply_blocks(self.layers, x, mask, remat=self.remat,
+                              deterministic=deterministic, rngs=rngs)
     if self.pooler is not None:
       return x, self.pooler(x)
     return x, attn_lib.masked_mean(x, mask)

@@ -18,7 +18,11 @@ ViT parameter paths follow HF `ViTModel` (and, with `pre_norm=True`,
   encoder.layer.{i}.intermediate.dense       layers.{i}.intermediate.dense
   encoder.layer.{i}.output.dense             layers.{i}.output.dense
   layernorm                                  layernorm
+  pooler.dense (ViTModel's tanh pooler)      pooler (`pooler=True`)
   (CLIP pre_layrnorm)                        pre_layernorm
+  (CLIP post_layernorm)                      layernorm (`norm_tokens=False`)
+
+`mmjax.models.encoders.hf_import` holds the exact per-tensor mappings.
 """
 
 from __future__ import annotations
@@ -50,14 +54,17 @@ class ViT(nnx.Module):
   """Vision Transformer returning patch tokens and a pooled embedding.
 
   `pooling='cls'` pools the final-LN'd CLS token; `pooling='mean'` averages
-  the patch tokens. The returned tokens never include CLS.
+  the patch tokens. The returned tokens never include CLS. `norm_tokens=False`
+  applies the final LayerNorm to the pooled vector only (CLIP's
+  post_layernorm); `pooler=True` adds HF ViTModel's tanh(dense(.)) pooler.
   """
 
   def __init__(self, *, image_size: int, patch_size: int, hidden: int,
                layers: int, heads: int, mlp_dim: int, channels: int = 3,
                pooling: str = 'cls', ln_eps: float = 1e-6,
                activation: str = 'gelu', pre_norm: bool = False,
-               patch_bias: bool = True, dropout: float = 0.0,
+               patch_bias: bool = True, norm_tokens: bool = True,
+               pooler: bool = False, dropout: float = 0.0, remat: bool = False,
                dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if pooling not in POOLINGS:
       raise ValueError(f'pooling must be one of {POOLINGS}, got {pooling!r}')
@@ -72,6 +79,7 @@ class ViT(nnx.Module):
     attn_lib.check_dropout(dropout)
     attn_lib.activation_fn(activation)
     self.image_size, self.channels, self.pooling = image_size, channels, pooling
+    self.norm_tokens, self.remat = norm_tokens, remat
     num_patches = (image_size // patch_size)**2
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     init = attn_lib.kernel_init
@@ -92,6 +100,7 @@ class ViT(nnx.Module):
         for _ in range(layers)
     ])
     self.layernorm = attn_lib.layer_norm(hidden, ln_eps, **kw)
+    self.pooler = (attn_lib.dense(hidden, hidden, **kw) if pooler else None)
 
   def __call__(self, images: jax.Array, *, deterministic: bool = True,
                rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
@@ -106,11 +115,16 @@ class ViT(nnx.Module):
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     if self.pre_layernorm is not None:
       x = self.pre_layernorm(x)
-    for layer in self.layers:
-      x = layer(x, deterministic=deterministic, rngs=rngs)
-    x = self.layernorm(x)
+    x = attn_lib.apply_blocks(self.layers, x, remat=self.remat,
+                              deterministic=deterministic, rngs=rngs)
+    if self.norm_tokens:
+      x = self.layernorm(x)
     tokens = x[:, 1:]
     pooled = x[:, 0] if self.pooling == 'cls' else tokens.mean(axis=1)
+    if not self.norm_tokens:
+      pooled = self.layernorm(pooled)
+    if self.pooler is not None:
+      pooled = jnp.tanh(self.pooler(pooled))
     return tokens, pooled
 
 
