@@ -5,7 +5,7 @@ with transformers.AutoModel + torch (the peers' recipe: mean over the
 attention mask, L2-normalized, max_length=64), then writes the max abs
 difference and both timings as JSON:
 
-  python benchmarks/encode_parity.py --items ../shared/data/dbbook/items.tsv \
+  python -m mmjax.bench.encode_parity --items ../shared/data/dbbook/items.tsv \
       --out /tmp/mmjax_dbbook --json /tmp/encode_parity.json
 """
 
