@@ -95,6 +95,14 @@ def baselines(catalog) -> dict:
   return out
 
 
+def all_item_vectors(graphdef, params, rest, catalog, tokenizer: TextTokenizer,
+                     mesh, batch_size: int) -> dict:
+  """encode_items over the whole catalog: {"item", "z_text", "z_image", ...}."""
+  tokens, mask = tokenizer.encode_all(catalog.item_text)
+  return Encoder(graphdef, mesh, batch_size).items(
+      params, rest, tokens, mask, normalize_images(catalog.item_images))
+
+
 def evaluate(graphdef, params, rest, catalog, tokenizer: TextTokenizer, mesh,
              *, history_len: int, batch_size: int) -> dict:
   """valid/test ranking metrics and text<->image retrieval for one model."""

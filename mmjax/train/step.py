@@ -133,7 +133,7 @@ def make_value_and_grad(graphdef, loss_cfg, mesh=None, accum_steps: int = 1):
   return accumulate.gradcache_value_and_grad(encode, head, accum_steps, mesh)
 
 
-def _with_memory(graphdef, params, rest, memory):
+def with_item_memory(graphdef, params, rest, memory):
   """`rest` with the recommender's item memory replaced (if it has one)."""
   if memory is None:
     return rest
@@ -172,7 +172,7 @@ def make_train_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule,
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
     (loss, (terms, memory)), grads = grad_fn(
         state["params"], state["rest"], batch, rng, step)
-    rest = _with_memory(graphdef, state["params"], state["rest"], memory)
+    rest = with_item_memory(graphdef, state["params"], state["rest"], memory)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads),
