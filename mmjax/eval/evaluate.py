@@ -95,21 +95,19 @@ def baselines(catalog) -> dict:
   return out
 
 
-def all_item_vectors(graphdef, params, rest, catalog, tokenizer: TextTokenizer,
-                     mesh, batch_size: int) -> dict:
+def all_item_vectors(encoder: Encoder, params, rest, catalog,
+                     tokenizer: TextTokenizer) -> dict:
   """encode_items over the whole catalog: {"item", "z_text", "z_image", ...}."""
   tokens, mask = tokenizer.encode_all(catalog.item_text)
-  return Encoder(graphdef, mesh, batch_size).items(
-      params, rest, tokens, mask, normalize_images(catalog.item_images))
+  return encoder.items(params, rest, tokens, mask, normalize_images(catalog.item_images))
 
 
 def evaluate(graphdef, params, rest, catalog, tokenizer: TextTokenizer, mesh,
-             *, history_len: int, batch_size: int) -> dict:
-  """valid/test ranking metrics and text<->image retrieval for one model."""
-  encoder = Encoder(graphdef, mesh, batch_size)
-  tokens, mask = tokenizer.encode_all(catalog.item_text)
-  items = encoder.items(params, rest, tokens, mask,
-                        normalize_images(catalog.item_images))
+             *, history_len: int, batch_size: int, encoder: Encoder | None = None) -> dict:
+  """valid/test ranking metrics and text<->image retrieval for one model;
+  pass the run's `encoder` to reuse its compiled functions."""
+  encoder = encoder or Encoder(graphdef, mesh, batch_size)
+  items = all_item_vectors(encoder, params, rest, catalog, tokenizer)
   users = encoder.users(params, rest, catalog.user_histories(TRAIN, max_len=history_len),
                         items["item"])
   exclude = pad_lists(catalog.user_histories(TRAIN))

@@ -13,7 +13,7 @@ from mmjax.data import raw, store
 from mmjax.data.pipeline import text_tokenizer, train_dataset
 from mmjax.data.synthetic import SyntheticSpec
 from mmjax.errors import MmjaxError
-from mmjax.eval.evaluate import all_item_vectors, baselines, evaluate
+from mmjax.eval.evaluate import Encoder, all_item_vectors, baselines, evaluate
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import guard
 from mmjax.train import mesh as mesh_lib
@@ -71,8 +71,7 @@ def _report_compiled(compiled, log) -> float:
   return flops
 
 
-def warm_item_memory(graphdef, state, shardings, catalog, tokenizer, mesh,
-                     batch_size: int):
+def warm_item_memory(encoder, graphdef, state, shardings, catalog, tokenizer):
   """Fills the user tower's item-memory bank with the initial item vectors.
 
   A zero bank makes every user vector normalize(~0) at the first steps: a
@@ -81,8 +80,8 @@ def warm_item_memory(graphdef, state, shardings, catalog, tokenizer, mesh,
   """
   if "item_memory" not in state["rest"].get("rec", {}):
     return state
-  items = all_item_vectors(graphdef, state["params"], state["rest"], catalog,
-                           tokenizer, mesh, batch_size)["item"]
+  items = all_item_vectors(encoder, state["params"], state["rest"], catalog,
+                           tokenizer)["item"]
   rest = with_item_memory(graphdef, state["params"], state["rest"], items)
   return jax.device_put({**state, "rest": rest}, shardings)
 
@@ -139,8 +138,8 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   del model
   shardings = state_shardings(state, mesh, config.mesh.rules)
   state = jax.device_put(state, shardings)
-  state = warm_item_memory(graphdef, state, shardings, catalog, tokenizer, mesh,
-                           config.train.eval_batch_size)
+  encoder = Encoder(graphdef, mesh, config.train.eval_batch_size)
+  state = warm_item_memory(encoder, graphdef, state, shardings, catalog, tokenizer)
   step_fn = make_train_step(graphdef, tx, config.loss, mesh, shardings,
                             learning_rate(config.train),
                             accum_steps=config.train.accum_steps)
@@ -226,7 +225,7 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   t_eval = time.time()
   result = evaluate(graphdef, state["params"], state["rest"], catalog, tokenizer,
                     mesh, history_len=config.data.history_len,
-                    batch_size=config.train.eval_batch_size)
+                    batch_size=config.train.eval_batch_size, encoder=encoder)
   result.update(baselines(catalog))
   result["retrieval"]["chance_r@1"] = 1.0 / catalog.num_items
   result["ratios"] = {
