@@ -152,3 +152,17 @@ def test_retrieval_perfect_and_collapsed():
   assert retrieval.retrieval_recall(eye, eye, ks=(1,))["r@1"] == 1.0
   same = np.ones((5, 3), np.float32)   # Collapsed: every score ties.
   assert retrieval.retrieval_recall(same, same, ks=(1, 5))["r@1"] == 0.0
+
+
+def test_hit_matrix_few_and_many_target_columns_agree():
+  """The per-column comparison (<= 64 target columns) and the key
+  membership test (more) give the same hits."""
+  rng = np.random.default_rng(1)
+  topk = np.stack([rng.permutation(300)[:20] for _ in range(40)])
+  lists = [rng.choice(300, rng.integers(0, 8), replace=False) for _ in range(40)]
+  narrow = metrics.pad_lists(lists)
+  wide = metrics.pad_lists(lists, width=100)
+  hits = metrics.hit_matrix(topk, narrow)
+  np.testing.assert_array_equal(hits, metrics.hit_matrix(topk, wide))
+  want = np.array([[i in set(l) for i in row] for row, l in zip(topk, lists)])
+  np.testing.assert_array_equal(hits, want)

@@ -104,10 +104,16 @@ def topk_from_scores(scores, exclude, k_max, batch_size=1024):
 def hit_matrix(topk, targets):
   """(U, k) bool: topk[u, r] is one of the targets of u (-1 = padding).
 
-  Vectorised membership test: (user, item) pairs are encoded as one int64 key.
+  Few targets per user (the usual case): one (U, k) comparison per target
+  column. Many: a vectorised membership test on (user, item) int64 keys.
   """
   topk = np.asarray(topk, np.int64)
   targets = np.asarray(targets, np.int64)
+  if targets.shape[1] <= 64:
+    hits = np.zeros(topk.shape, bool)
+    for col in targets.T:   # -1 padding never equals an item id.
+      hits |= topk == col[:, None]
+    return hits
   base = max(topk.max(initial=0), targets.max(initial=0)) + 1
   users = np.arange(topk.shape[0], dtype=np.int64)[:, None]
   target_keys = (users * base + targets)[targets >= 0]
