@@ -26,4 +26,11 @@ def get_config():
   c.data.feature_files = "text_feat.npy"
   c.data.feature_dir = "/tmp/mmjax_dbbook"   # Where `mmjax encode` wrote them.
   c.seeds = (0, 1, 2)
+  # One step per epoch over all 94,963 train pairs: the propagation runs once
+  # per epoch, not once per batch (0.18 vs 0.73 s per epoch at 16384), and no
+  # shuffle is needed. Full-batch Adam takes a larger step; more negatives
+  # per step cut the noise of the single step (docs/mmrec.md).
+  c.train.batch_size = 94963
+  c.train.lr = 0.1
+  c.frozen.negatives = 1024
   return c

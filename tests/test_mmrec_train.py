@@ -78,6 +78,13 @@ def test_epoch_order_visits_every_pair_once(setup):
   np.testing.assert_array_equal(real, np.arange(shape.num_train))
 
 
+def test_one_batch_epoch_is_the_padded_range():
+  shape = fs.Shape(num_users=3, num_items=5, num_train=10, batch_size=16,
+                   negatives=2, layers=1, item_layers=0, k_max=2)
+  order = np.asarray(fs.epoch_order(jax.random.key(0), shape))
+  np.testing.assert_array_equal(order, np.arange(16)[None])
+
+
 def test_scan_epoch_learns_and_compiles_once(setup):
   _, losses = _train(setup, [0], [0.05], epochs=4)
   assert np.all(np.isfinite(losses))
@@ -103,6 +110,20 @@ def test_grid_values_are_per_run_hyper_parameters(setup):
   moved = [not np.allclose(np.asarray(a)[1], np.asarray(b)[1])
            for a, b in zip(jax.tree.leaves(init["params"]), jax.tree.leaves(trained["params"]))]
   assert all(moved)
+
+
+def test_rank_all_equals_one_top_k_over_all_users(setup):
+  """Blocks of users ranked from host threads, concatenated per run, are the
+  top-k of the whole masked score matrix."""
+  cfg, consts, shape, programs = setup
+  states, _ = _train(setup, [0, 1], [0.05], epochs=1)
+  hps = fs.stack_hparams([fs.hparams(cfg)] * 2)
+  got = programs.rank_all(consts, states["params"], hps)
+  users, items = programs.embed(consts, states["params"], hps)
+  assert got.shape == (2, consts.eval_exclude.shape[0], shape.k_max)
+  for r in range(2):
+    scores = jnp.where(consts.eval_exclude, -jnp.inf, users[r] @ items[r].T)
+    np.testing.assert_array_equal(got[r], np.asarray(jax.lax.top_k(scores, shape.k_max)[1]))
 
 
 def test_bad_grid_and_missing_inter_file_are_user_errors(toy, tmp_path):

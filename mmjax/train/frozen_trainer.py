@@ -155,7 +155,7 @@ def summarize(stop: EarlyStopping, seeds, key, values) -> dict:
 
 
 def _evaluate(programs, consts, states, hps, valid_t, test_t):
-  topk = np.asarray(programs.topk(consts, states["params"], hps))
+  topk = programs.rank_all(consts, states["params"], hps)
   valid = [ranking_metrics(t, valid_t, KS) for t in topk]
   test = [ranking_metrics(t, test_t, KS) for t in topk]
   return valid, test
