@@ -72,7 +72,7 @@ def fsdp(data_dir) -> dict:
   mu = s.state["opt_state"][1][0].mu["text"]["layers"][0]["attention"]["query"]["kernel"]
   state, metrics = train_steps(s, 2)
   return dict(
-      kernel_spec=str(kernel.sharding.spec), mu_spec=str(mu.sharding.spec),
+      lr=cfg.train.lr, kernel_spec=str(kernel.sharding.spec), mu_spec=str(mu.sharding.spec),
       kernel_shards=len(kernel.addressable_shards[0].data),
       loss=max_diff([m["loss"] for m in rep_metrics], [m["loss"] for m in metrics]),
       metrics=max_diff(rep_metrics, metrics),

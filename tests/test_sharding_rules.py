@@ -65,4 +65,7 @@ def test_fsdp_on_eight_devices_equals_replicated(data_dir):
   assert r["kernel_spec"] == r["mu_spec"] == "P('data', None)", r
   assert r["kernel_shards"] == 2, r   # 16 rows over 8 devices.
   assert r["loss"] <= 1e-5 and r["metrics"] <= 1e-5, r
-  assert r["params"] <= 1e-5 and r["opt_state"] <= 1e-5, r
+  assert r["opt_state"] <= 1e-5, r
+  # Adam divides by sqrt(v): for a gradient near eps, float-reduction noise in it moves the
+  # update by a fraction of lr, so the parameters get a bound relative to lr (2 steps).
+  assert r["params"] <= 2 * 1e-2 * r["lr"], r
