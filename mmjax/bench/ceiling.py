@@ -23,6 +23,7 @@ per user can tell about a user.
 """
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -55,11 +56,16 @@ def fit_preferences(features: np.ndarray, pairs: np.ndarray, num_users: int,
   pairs: (M, 2) train (user, item) rows. Features are scaled to unit overall
   std, so one penalty grid fits one-hots and learned vectors alike.
   """
-  x = jnp.asarray(features / (features.std() + 1e-12), jnp.float32)
-  users, items = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
-  params = dict(w=jnp.zeros((num_users, x.shape[1]), jnp.float32),
-                b=jnp.zeros((x.shape[0],), jnp.float32))
+  x = features / (features.std() + 1e-12)
+  return np.asarray(_fit(jnp.asarray(x, jnp.float32), jnp.asarray(pairs[:, 0]),
+                         jnp.asarray(pairs[:, 1]), jnp.float32(penalty),
+                         num_users=num_users, steps=steps, lr=lr))
 
+
+@functools.partial(jax.jit, static_argnames=("num_users", "steps", "lr"))
+def _fit(x, users, items, penalty, *, num_users, steps, lr):
+  """Full-batch Adam on the penalized full-softmax likelihood (one compile
+  per feature shape; the penalty is traced)."""
   def loss(p):
     log_p = jax.nn.log_softmax(p["w"] @ x.T + p["b"], axis=1)
     nll = -jnp.sum(log_p[users, items]) / num_users
@@ -67,17 +73,15 @@ def fit_preferences(features: np.ndarray, pairs: np.ndarray, num_users: int,
 
   opt = optax.adam(lr)
 
-  @jax.jit
-  def run(p):
-    def step(carry, _):
-      p, s = carry
-      g = jax.grad(loss)(p)
-      u, s = opt.update(g, s)
-      return (optax.apply_updates(p, u), s), None
-    (p, _), _ = jax.lax.scan(step, (p, opt.init(p)), None, length=steps)
-    return p["w"] @ x.T + p["b"]
+  def step(carry, _):
+    p, s = carry
+    u, s = opt.update(jax.grad(loss)(p), s)
+    return (optax.apply_updates(p, u), s), None
 
-  return np.asarray(run(params))
+  p = dict(w=jnp.zeros((num_users, x.shape[1]), jnp.float32),
+           b=jnp.zeros((x.shape[0],), jnp.float32))
+  (p, _), _ = jax.lax.scan(step, (p, opt.init(p)), None, length=steps)
+  return p["w"] @ x.T + p["b"]
 
 
 def best_fit(features, catalog) -> dict:
