@@ -118,12 +118,16 @@ def test_rank_all_equals_one_top_k_over_all_users(setup):
   cfg, consts, shape, programs = setup
   states, _ = _train(setup, [0, 1], [0.05], epochs=1)
   hps = fs.stack_hparams([fs.hparams(cfg)] * 2)
-  got = programs.rank_all(consts, states["params"], hps)
   users, items = programs.embed(consts, states["params"], hps)
-  assert got.shape == (2, consts.eval_exclude.shape[0], shape.k_max)
-  for r in range(2):
-    scores = jnp.where(consts.eval_exclude, -jnp.inf, users[r] @ items[r].T)
-    np.testing.assert_array_equal(got[r], np.asarray(jax.lax.top_k(scores, shape.k_max)[1]))
+  # Block counts that do and do not divide the users (the last block then
+  # overlaps its neighbour).
+  for blocks in (programs._blocks, 1, 3, 7):
+    programs._blocks = blocks
+    got = programs.rank_all(consts, states["params"], hps)
+    assert got.shape == (2, consts.eval_exclude.shape[0], shape.k_max)
+    for r in range(2):
+      scores = jnp.where(consts.eval_exclude, -jnp.inf, users[r] @ items[r].T)
+      np.testing.assert_array_equal(got[r], np.asarray(jax.lax.top_k(scores, shape.k_max)[1]))
 
 
 def test_bad_grid_and_missing_inter_file_are_user_errors(toy, tmp_path):

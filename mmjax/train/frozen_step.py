@@ -213,26 +213,37 @@ class Programs:
     self.embed = jax.jit(jax.vmap(functools.partial(_embed, graphdef, shape),
                                   in_axes=(None, 0, 0)), compiler_options=opts)
     self.shape = shape
-    # Users [start, stop) of (E, dim) run vectors: the block is sliced inside
-    # the program, so no copies of the (E, N) exclusion mask per call.
-    self.topk = jax.jit(
-        lambda users, items, exclude, start, stop: _topk(
-            shape, users[start:stop], items, exclude[start:stop]),
-        static_argnums=(3, 4), compiler_options=opts)
     # XLA:CPU's TopK runs on one thread: blocks of users ranked from host
     # threads use every core (250 -> 133 ms for DBbook's 6179 x 4191 on 2).
-    self._blocks = os.cpu_count() if jax.default_backend() == "cpu" else 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    self._blocks = max(1, cores or 1) if jax.default_backend() == "cpu" else 1
     self._pool = ThreadPoolExecutor(self._blocks)
+    # `size` users from a traced `start` of (E, dim) run vectors: sliced inside
+    # the program (no copies of the (E, N) exclusion mask per call), and one
+    # compile for every block.
+    self.topk = jax.jit(
+        lambda users, items, exclude, start, size: _topk(
+            shape, jax.lax.dynamic_slice_in_dim(users, start, size), items,
+            jax.lax.dynamic_slice_in_dim(exclude, start, size)),
+        static_argnums=4, compiler_options=opts)
 
   def rank_all(self, c: Constants, params, hps) -> np.ndarray:
     """(R, E, k_max) top-k item ids of every evaluated user, for every run."""
     users, items = self.embed(c, params, hps)
-    bounds = np.linspace(0, users.shape[1], self._blocks + 1).astype(int)
-    blocks = [(r, a, b) for r in range(users.shape[0])
-              for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    num_users = users.shape[1]
+    size = -(-num_users // self._blocks)
+    # Equal blocks; the last one starts early (overlapping its neighbour) so
+    # that every block has the same shape, and keeps only its own rows.
+    starts = range(0, num_users, size)
     runs = [(users[r], items[r]) for r in range(users.shape[0])]
-    out = self._pool.map(lambda rab: np.asarray(self.topk(
-        *runs[rab[0]], c.eval_exclude, int(rab[1]), int(rab[2]))), blocks)
+
+    def block(job):
+      r, start = job
+      first = min(start, num_users - size)
+      top = np.asarray(self.topk(*runs[r], c.eval_exclude, first, size))
+      return top[start - first:start - first + min(size, num_users - start)]
+
+    out = self._pool.map(block, [(r, a) for r in range(len(runs)) for a in starts])
     return np.concatenate(list(out)).reshape(len(runs), -1, self.shape.k_max)
 
 
