@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.data.catalog import TRAIN
+from mmjax.data.catalog import TEST, TRAIN, VALID
+from mmjax.eval import ranking
+from mmjax.eval.metrics import pad_lists
 from mmjax.errors import MmjaxError
 from mmjax.train import frozen_step as fs
 from mmjax.train import frozen_trainer as ft
@@ -112,22 +114,34 @@ def test_grid_values_are_per_run_hyper_parameters(setup):
   assert all(moved)
 
 
-def test_rank_all_equals_one_top_k_over_all_users(setup):
-  """Blocks of users ranked from host threads, concatenated per run, are the
-  top-k of the whole masked score matrix."""
+def test_rank_all_equals_one_top_k_over_all_users(toy, setup):
+  """Both rankers, per run, give each target's place in one top_k over the
+  masked scores of all evaluated users."""
   cfg, consts, shape, programs = setup
+  data = ft.load_data(cfg)
   states, _ = _train(setup, [0, 1], [0.05], epochs=1)
   hps = fs.stack_hparams([fs.hparams(cfg)] * 2)
   users, items = programs.embed(consts, states["params"], hps)
-  # Block counts that do and do not divide the users (the last block then
-  # overlaps its neighbour).
-  for blocks in (programs._blocks, 1, 3, 7):
-    programs._blocks = blocks
-    got = programs.rank_all(consts, states["params"], hps)
-    assert got.shape == (2, consts.eval_exclude.shape[0], shape.k_max)
+  eval_users = ft.eval_users(data)
+  targets = np.concatenate(
+      [pad_lists([data.user_items(s)[u] for u in eval_users]) for s in (VALID, TEST)], 1)
+  exclude = np.zeros((len(eval_users), data.num_items), bool)
+  for row, u in enumerate(eval_users):
+    exclude[row, data.user_items(TRAIN)[u]] = True
+  host = ft.make_ranker(data, targets, mesh_lib.make_mesh(cfg.mesh))
+  assert isinstance(host, ranking.HostRanker)   # The CPU choice.
+  host.block = 7   # Blocks that do not divide the users.
+  device = ranking.DeviceRanker(jnp.asarray(exclude), targets, host.k, block=9)
+  for ranker in (host, device):
+    got = programs.rank_all(consts, states["params"], hps, ranker)
+    assert got.shape == (2,) + targets.shape
     for r in range(2):
-      scores = jnp.where(consts.eval_exclude, -jnp.inf, users[r] @ items[r].T)
-      np.testing.assert_array_equal(got[r], np.asarray(jax.lax.top_k(scores, shape.k_max)[1]))
+      scores = jnp.where(exclude, -jnp.inf, users[r] @ items[r].T)
+      top = np.asarray(jax.lax.top_k(scores, host.k)[1])
+      want = [[list(top[i]).index(t) if t in top[i] else host.k for t in row]
+              for i, row in enumerate(targets)]
+      np.testing.assert_array_equal(got[r], want)
+    assert (got < host.k).any()
 
 
 def test_bad_grid_and_missing_inter_file_are_user_errors(toy, tmp_path):

@@ -140,12 +140,32 @@ def ranking_metrics(topk, targets, ks=(10, 20, 50)):
     no user has a target).
   """
   targets = np.asarray(targets)
-  k_max = topk.shape[1]
+  return _metrics_from_hits(hit_matrix(topk, targets),
+                            np.sum(targets >= 0, axis=1), ks)
+
+
+def metrics_from_ranks(ranks, num_targets, k_max, ks=(10, 20, 50)):
+  """`ranking_metrics` from where each target ranks instead of the top k.
+
+  Args:
+    ranks: (U, P) int, the 0-based rank of each target in the user's top
+      k_max; k_max (or more) for a miss or a padding column.
+    num_targets: (U,) the number of targets of each user.
+    k_max, ks: as in `ranking_metrics`.
+  """
+  ranks = np.asarray(ranks)
+  hits = np.zeros((ranks.shape[0], k_max + 1), bool)
+  rows = np.broadcast_to(np.arange(ranks.shape[0])[:, None], ranks.shape)
+  hits[rows, np.clip(ranks, 0, k_max)] = True   # Column k_max: the misses.
+  return _metrics_from_hits(hits[:, :k_max], np.asarray(num_targets), ks)
+
+
+def _metrics_from_hits(hits, n_t, ks):
+  k_max = hits.shape[1]
   if max(ks) > k_max:
     raise ValueError(f"cutoff {max(ks)} > k_max={k_max} of the top-k matrix.")
-  n_t = np.sum(targets >= 0, axis=1)
   has = n_t > 0
-  hits = hit_matrix(topk, targets)[has].astype(np.float64)
+  hits = hits[has].astype(np.float64)
   n_t = n_t[has]
   ranks = np.arange(1, k_max + 1)
   discount = 1. / np.log2(ranks + 1)

@@ -4,15 +4,22 @@ Propagation is a gather of source rows times the edge weight, summed into
 destination rows with `jax.ops.segment_sum`. Edge arrays may be sharded over
 the mesh's data axis: each device sums its slice of the edges and XLA adds
 the partial sums. Edges are sorted by destination, so the sum runs in order.
+
+On one CPU device, edges marked `on_host` propagate through SciPy's CSR
+product instead (a `pure_callback` with its own VJP, A^T g): XLA:CPU writes
+the gathered (edges, dim) messages to memory before summing them, 29 ms per
+DBbook layer (190k edges x 64) against 8 ms for the CSR product.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
 
 
 @jax.tree_util.register_dataclass
@@ -22,6 +29,8 @@ class Edges:
   src: jax.Array
   dst: jax.Array
   weight: jax.Array
+  # Static: propagate with the host CSR product (one CPU device only).
+  on_host: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
 
 def _edges(src, dst, weight, multiple_of: int) -> Edges:
@@ -80,9 +89,52 @@ def knn_graph(features, k: int, multiple_of: int = 1,
 
 def propagate(x: jax.Array, edges: Edges) -> jax.Array:
   """y[d] = sum over edges s -> d of weight * x[s]."""
+  if edges.on_host:
+    return _host_propagate(x, edges.src, edges.dst, edges.weight)
   msg = x[edges.src] * edges.weight[:, None].astype(x.dtype)
   return jax.ops.segment_sum(msg, edges.dst, num_segments=x.shape[0],
                              indices_are_sorted=True)
+
+
+def _csr_product(x, src, dst, weight, transpose: bool):
+  """A @ x (or A^T @ x) for A[dst, src] = weight, dst sorted; x is (..., n, d)
+  (a leading run axis under vmap; the edges then carry size-1 axes)."""
+  x = np.asarray(x)
+  src, dst, weight = (np.asarray(a).reshape(-1) for a in (src, dst, weight))
+  n = x.shape[-2]
+  indptr = np.searchsorted(dst, np.arange(n + 1))
+  fmt = scipy.sparse.csc_matrix if transpose else scipy.sparse.csr_matrix
+  a = fmt((weight, src, indptr), shape=(n, n))
+  cols = np.moveaxis(x, -2, 0).reshape(n, -1)      # One product for all runs.
+  y = np.asarray(a @ cols, x.dtype).reshape((n,) + x.shape[:-2] + x.shape[-1:])
+  return np.moveaxis(y, 0, -2)
+
+
+def _host_call(x, src, dst, weight, transpose):
+  return jax.pure_callback(
+      functools.partial(_csr_product, transpose=transpose),
+      jax.ShapeDtypeStruct(x.shape, x.dtype), x, src, dst, weight,
+      vmap_method="expand_dims")
+
+
+@jax.custom_vjp
+def _host_propagate(x, src, dst, weight):
+  return _host_call(x, src, dst, weight, transpose=False)
+
+
+def _host_propagate_fwd(x, src, dst, weight):
+  return _host_call(x, src, dst, weight, transpose=False), (src, dst, weight)
+
+
+def _host_propagate_bwd(res, g):
+  src, dst, weight = res
+  int_zero = lambda a: np.zeros(a.shape, jax.dtypes.float0)
+  # The weights are constants of the graph: no gradient flows to them.
+  return (_host_call(g, src, dst, weight, transpose=True), int_zero(src),
+          int_zero(dst), jnp.zeros_like(weight))
+
+
+_host_propagate.defvjp(_host_propagate_fwd, _host_propagate_bwd)
 
 
 def layer_mean(x: jax.Array, edges: Edges, layers: int) -> jax.Array:

@@ -1,5 +1,5 @@
 """Compiled programs of the frozen-feature trainer: init, one whole epoch,
-full-ranking top-k.
+the evaluation embeddings and the full ranking of their users.
 
 Every program handles R independent runs at once (seeds x grid values):
 the train state carries a leading run axis and the programs are `jax.vmap`s
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mmjax.eval import ranking
 from mmjax.losses.contrastive import infonce, masked_mean
 from mmjax.models import graph as graph_lib
 from mmjax.models.aligners import l2_normalize
@@ -55,7 +54,6 @@ class Constants:
   item_graph: graph_lib.Edges | None
   train_pairs: jax.Array      # (M, 2) int32.
   eval_users: jax.Array       # (E,) users ranked at evaluation.
-  eval_exclude: jax.Array     # (E, N) bool: train positives, never ranked.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,12 +172,6 @@ def _embed(graphdef, s: Shape, c: Constants, params, hp):
   return l2_normalize(users[c.eval_users]), l2_normalize(items)
 
 
-def _topk(s: Shape, users, items, exclude):
-  """Full ranking of all items for a block of users, train items masked."""
-  scores = jnp.where(exclude, -jnp.inf, users @ items.T)
-  return jax.lax.top_k(scores, s.k_max)[1].astype(jnp.int32)
-
-
 def cpu_compiler_options() -> dict | None:
   """XLA:CPU options for these programs, None elsewhere.
 
@@ -195,7 +187,7 @@ def cpu_compiler_options() -> dict | None:
 
 class Programs:
   """init / epoch / evaluation embeddings for R runs, each one jitted program,
-  and the top-k of a block of users (`topk`, run per block by `rank_all`)."""
+  and the ranks of the evaluated users' targets (`rank_all`)."""
 
   def __init__(self, fcfg, dim: int, shape: Shape, feature_dims, mesh):
     opts = cpu_compiler_options()
@@ -213,38 +205,16 @@ class Programs:
     self.embed = jax.jit(jax.vmap(functools.partial(_embed, graphdef, shape),
                                   in_axes=(None, 0, 0)), compiler_options=opts)
     self.shape = shape
-    # XLA:CPU's TopK runs on one thread: blocks of users ranked from host
-    # threads use every core (250 -> 133 ms for DBbook's 6179 x 4191 on 2).
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    self._blocks = max(1, cores or 1) if jax.default_backend() == "cpu" else 1
-    self._pool = ThreadPoolExecutor(self._blocks)
-    # `size` users from a traced `start` of (E, dim) run vectors: sliced inside
-    # the program (no copies of the (E, N) exclusion mask per call), and one
-    # compile for every block.
-    self.topk = jax.jit(
-        lambda users, items, exclude, start, size: _topk(
-            shape, jax.lax.dynamic_slice_in_dim(users, start, size), items,
-            jax.lax.dynamic_slice_in_dim(exclude, start, size)),
-        static_argnums=4, compiler_options=opts)
 
-  def rank_all(self, c: Constants, params, hps) -> np.ndarray:
-    """(R, E, k_max) top-k item ids of every evaluated user, for every run."""
+  def rank_all(self, c: Constants, params, hps, ranker) -> np.ndarray:
+    """(R, E, P) ranks of the evaluated users' targets, for every run.
+
+    `ranker` is a `mmjax.eval.ranking` HostRanker or DeviceRanker.
+    """
     users, items = self.embed(c, params, hps)
-    num_users = users.shape[1]
-    size = -(-num_users // self._blocks)
-    # Equal blocks; the last one starts early (overlapping its neighbour) so
-    # that every block has the same shape, and keeps only its own rows.
-    starts = range(0, num_users, size)
-    runs = [(users[r], items[r]) for r in range(users.shape[0])]
-
-    def block(job):
-      r, start = job
-      first = min(start, num_users - size)
-      top = np.asarray(self.topk(*runs[r], c.eval_exclude, first, size))
-      return top[start - first:start - first + min(size, num_users - start)]
-
-    out = self._pool.map(block, [(r, a) for r in range(len(runs)) for a in starts])
-    return np.concatenate(list(out)).reshape(len(runs), -1, self.shape.k_max)
+    if isinstance(ranker, ranking.HostRanker):   # Replicated: any copy will do.
+      users, items = (np.asarray(x.addressable_data(0)) for x in (users, items))
+    return np.stack([ranker(users[r], items[r]) for r in range(users.shape[0])])
 
 
 def stack_hparams(runs: list[dict]) -> dict:

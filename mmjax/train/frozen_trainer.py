@@ -13,6 +13,7 @@ value with the best mean valid Recall@20).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -25,7 +26,8 @@ from mmjax import config as config_lib
 from mmjax.data import mmrec
 from mmjax.data.catalog import TEST, TRAIN, VALID
 from mmjax.errors import MmjaxError
-from mmjax.eval.metrics import pad_lists, ranking_metrics
+from mmjax.eval import ranking
+from mmjax.eval.metrics import metrics_from_ranks, pad_lists
 from mmjax.models import graph as graph_lib
 from mmjax.train import mesh as mesh_lib
 from mmjax.train import reporting
@@ -77,21 +79,39 @@ def build_constants(data: mmrec.MMRecData, fcfg, mesh) -> fs.Constants:
   if fcfg.knn_k and data.features and fcfg.item_layers:
     item_graph = graph_lib.stack_edges(
         [graph_lib.knn_graph(f, fcfg.knn_k, shards) for f in data.features.values()])
-  eval_users = np.unique(np.concatenate([data.pairs[VALID][:, 0],
-                                         data.pairs[TEST][:, 0]]))
-  exclude = np.zeros((data.num_users, data.num_items), bool)
-  exclude[train[:, 0], train[:, 1]] = True
   edge_sharding = mesh_lib.batch_sharding(mesh)
-  put_edges = lambda e: None if e is None else jax.tree.map(
-      lambda a: jax.device_put(a, edge_sharding), e)
+  # One CPU device: SciPy's CSR product beats XLA:CPU's gather + segment_sum.
+  on_host = jax.default_backend() == "cpu" and mesh.size == 1
+  put_edges = lambda e: None if e is None else dataclasses.replace(
+      jax.tree.map(lambda a: jax.device_put(a, edge_sharding), e), on_host=on_host)
   rep = mesh_lib.replicated(mesh)
   return fs.Constants(
       features=tuple(jax.device_put(f, rep) for f in data.features.values()),
       ui_graph=put_edges(ui) if fcfg.layers else None,
       item_graph=put_edges(item_graph),
       train_pairs=jax.device_put(train, rep),
-      eval_users=jax.device_put(eval_users.astype(np.int32), rep),
-      eval_exclude=jax.device_put(exclude[eval_users], rep))
+      eval_users=jax.device_put(eval_users(data).astype(np.int32), rep))
+
+
+def eval_users(data: mmrec.MMRecData) -> np.ndarray:
+  """The users with a valid or a test item, ascending."""
+  return np.unique(np.concatenate([data.pairs[VALID][:, 0], data.pairs[TEST][:, 0]]))
+
+
+def make_ranker(data: mmrec.MMRecData, targets: np.ndarray, mesh):
+  """Ranks `targets` (E, P) of the evaluated users, train items masked: NumPy
+  blocks on CPU (faster than XLA:CPU's TopK), a jitted top_k elsewhere."""
+  users = eval_users(data)
+  train = np.unique(data.pairs[TRAIN], axis=0)    # Sorted by user, then item.
+  if jax.default_backend() == "cpu":
+    train = train[np.isin(train[:, 0], users)]
+    row = np.searchsorted(users, train[:, 0])
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=len(users)))])
+    return ranking.HostRanker(indptr, train[:, 1], targets, max(KS))
+  exclude = np.zeros((data.num_users, data.num_items), bool)
+  exclude[train[:, 0], train[:, 1]] = True
+  return ranking.DeviceRanker(
+      jax.device_put(exclude[users], mesh_lib.replicated(mesh)), targets, max(KS))
 
 
 class EarlyStopping:
@@ -154,11 +174,16 @@ def summarize(stop: EarlyStopping, seeds, key, values) -> dict:
   return out
 
 
-def _evaluate(programs, consts, states, hps, valid_t, test_t):
-  topk = programs.rank_all(consts, states["params"], hps)
-  valid = [ranking_metrics(t, valid_t, KS) for t in topk]
-  test = [ranking_metrics(t, test_t, KS) for t in topk]
-  return valid, test
+def _evaluate(programs, consts, states, hps, ranker, targets):
+  """Valid and test metrics of every run; `targets` are the valid then the
+  test items of each evaluated user, the ranker's columns."""
+  ranks = programs.rank_all(consts, states["params"], hps, ranker)
+  out = []
+  for split, cols in ((VALID, slice(0, targets[VALID].shape[1])),
+                      (TEST, slice(targets[VALID].shape[1], None))):
+    n_t = np.sum(targets[split] >= 0, axis=1)
+    out.append([metrics_from_ranks(r[:, cols], n_t, max(KS), KS) for r in ranks])
+  return out
 
 
 def train_and_evaluate_frozen(config, workdir: str, log=print) -> dict:
@@ -185,9 +210,9 @@ def train_and_evaluate_frozen(config, workdir: str, log=print) -> dict:
     programs = fs.Programs(fcfg, config.model.dim, shape, feature_dims, mesh)
   except ValueError as e:
     raise MmjaxError(f"config.frozen: {e}") from None
-  eval_users = np.asarray(consts.eval_users)
-  targets = {s: pad_lists([data.user_items(s)[u] for u in eval_users])
+  targets = {s: pad_lists([data.user_items(s)[u] for u in eval_users(data)])
              for s in (VALID, TEST)}
+  ranker = make_ranker(data, np.concatenate([targets[VALID], targets[TEST]], 1), mesh)
   hp_arrays = fs.stack_hparams(hps)
   keys = jax.vmap(jax.random.key)(jnp.asarray(
       [seed for _ in (values or [None]) for seed in seeds]))
@@ -214,8 +239,7 @@ def train_and_evaluate_frozen(config, workdir: str, log=print) -> dict:
     row = {k: float(np.mean(v)) for k, v in metrics.items()}
     if epoch % fcfg.eval_every == 0 or epoch == fcfg.epochs:
       t0, c0 = time.time(), time.process_time()
-      valid, test = _evaluate(programs, consts, states, hp_arrays,
-                              targets[VALID], targets[TEST])
+      valid, test = _evaluate(programs, consts, states, hp_arrays, ranker, targets)
       eval_times.append(time.time() - t0)
       eval_cpu.append(time.process_time() - c0)
       stop.update(epoch, valid, test)
