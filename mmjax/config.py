@@ -135,6 +135,10 @@ def default_config() -> ConfigDict:
       knn_k=10,             # Item-item kNN graph from the features; 0: off.
       item_layers=1,        # Propagation steps on the kNN graph; 0: off.
       negatives=256,        # Uniform negatives per batch, drawn on device.
+      # Full ranking at evaluation: "device" (jitted matmul + top_k per
+      # block), "host" (NumPy blocks + np.partition) or "auto" (host on the
+      # CPU backend, where XLA's TopK is slow; device elsewhere).
+      ranking="auto",
       epochs=1000, patience=20, eval_every=1))  # MMRec's early stopping.
   c.seeds = ()                # (0, 1, 2): one vmapped program; () -> seed.
   c.grid = ConfigDict(dict(key="", points=()))  # key="train.lr", points=(1e-3, 3e-3).
@@ -152,6 +156,7 @@ _CHOICES = {
     "data.name": ("synthetic", "raw", "mmrec"),
     "frozen.encoder": ("identity", "linear", "mlp"),
     "frozen.fusion": ("mean", "mlp"),
+    "frozen.ranking": ("auto", "host", "device"),
     "data.raw.adapter": ("table", "clothing"),
     "model.dtype": ("float32", "bfloat16"),
     "model.text.pooling": ("cls", "mean"),

@@ -128,8 +128,10 @@ def test_rank_all_equals_one_top_k_over_all_users(toy, setup):
   exclude = np.zeros((len(eval_users), data.num_items), bool)
   for row, u in enumerate(eval_users):
     exclude[row, data.user_items(TRAIN)[u]] = True
-  host = ft.make_ranker(data, targets, mesh_lib.make_mesh(cfg.mesh))
-  assert isinstance(host, ranking.HostRanker)   # The CPU choice.
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  host = ft.make_ranker(data, targets, mesh)
+  assert isinstance(host, ranking.HostRanker)   # "auto" on CPU.
+  assert isinstance(ft.make_ranker(data, targets, mesh, "device"), ranking.DeviceRanker)
   host.block = 7   # Blocks that do not divide the users.
   device = ranking.DeviceRanker(jnp.asarray(exclude), targets, host.k, block=9)
   for ranker in (host, device):

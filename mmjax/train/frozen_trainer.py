@@ -98,12 +98,13 @@ def eval_users(data: mmrec.MMRecData) -> np.ndarray:
   return np.unique(np.concatenate([data.pairs[VALID][:, 0], data.pairs[TEST][:, 0]]))
 
 
-def make_ranker(data: mmrec.MMRecData, targets: np.ndarray, mesh):
+def make_ranker(data: mmrec.MMRecData, targets: np.ndarray, mesh, how: str = "auto"):
   """Ranks `targets` (E, P) of the evaluated users, train items masked: NumPy
-  blocks on CPU (faster than XLA:CPU's TopK), a jitted top_k elsewhere."""
+  blocks (`how="host"`; "auto" picks them on CPU, where they beat XLA:CPU's
+  TopK) or a jitted matmul + top_k ("device")."""
   users = eval_users(data)
   train = np.unique(data.pairs[TRAIN], axis=0)    # Sorted by user, then item.
-  if jax.default_backend() == "cpu":
+  if how == "host" or (how == "auto" and jax.default_backend() == "cpu"):
     train = train[np.isin(train[:, 0], users)]
     row = np.searchsorted(users, train[:, 0])
     indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=len(users)))])
@@ -212,7 +213,8 @@ def train_and_evaluate_frozen(config, workdir: str, log=print) -> dict:
     raise MmjaxError(f"config.frozen: {e}") from None
   targets = {s: pad_lists([data.user_items(s)[u] for u in eval_users(data)])
              for s in (VALID, TEST)}
-  ranker = make_ranker(data, np.concatenate([targets[VALID], targets[TEST]], 1), mesh)
+  ranker = make_ranker(data, np.concatenate([targets[VALID], targets[TEST]], 1), mesh,
+                       fcfg.ranking)
   hp_arrays = fs.stack_hparams(hps)
   keys = jax.vmap(jax.random.key)(jnp.asarray(
       [seed for _ in (values or [None]) for seed in seeds]))
