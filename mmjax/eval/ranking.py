@@ -55,6 +55,11 @@ def _ranks_from_values(top: np.ndarray, target_scores: np.ndarray,
   return ranks, hit & ((equal > 1) | (target_scores == kth))
 
 
+def _block_size(num_items: int, max_scores: int, most: int) -> int:
+  """Users per block so that a block holds at most `max_scores` scores."""
+  return max(1, min(most, max_scores // max(1, num_items)))
+
+
 @functools.cache
 def _blas_controller() -> threadpoolctl.ThreadpoolController:
   return threadpoolctl.ThreadpoolController()   # Finds the BLAS once.
@@ -73,12 +78,13 @@ class HostRanker:
       (row u: exclude_items[exclude_indptr[u]:exclude_indptr[u + 1]]).
     targets: (U, P) int item ids, padded with -1.
     k: the longest cutoff.
-    block: users per block; a block of scores should fit in the cache.
+    block: users per block; a block of scores should fit in the cache
+      (default: 256, fewer for catalogs over 16k items, ~16 MB a block).
     threads: worker threads (default: the CPUs this process may use).
   """
 
   def __init__(self, exclude_indptr, exclude_items, targets, k: int,
-               block: int = 256, threads: int | None = None):
+               block: int | None = None, threads: int | None = None):
     self.targets = np.asarray(targets, np.int64)
     self.indptr = np.asarray(exclude_indptr, np.int64)
     self.items = np.asarray(exclude_items, np.int64)
@@ -122,6 +128,7 @@ class HostRanker:
     if not 0 < self.k <= items.shape[0]:
       raise ValueError(f"k={self.k} must be in [1, {items.shape[0]}] (#items)")
     items_t = np.ascontiguousarray(items.T)
+    self.block = self.block or _block_size(items.shape[0], 1 << 22, 256)
     starts = range(0, len(self.targets), self.block)
     # One BLAS thread per worker: the workers already use every core, and
     # a fixed thread count keeps each block's scores bitwise reproducible.
@@ -140,10 +147,11 @@ class DeviceRanker:
     exclude: (U, N) bool device array, True = masked.
     targets: (U, P) int item ids, padded with -1.
     k: the longest cutoff.
-    block: users per call; bounds the (block, N) score matrix.
+    block: users per call; bounds the (block, N) score matrix (default:
+      4096, fewer for catalogs over 64k items, ~1 GB of scores a call).
   """
 
-  def __init__(self, exclude, targets, k: int, block: int = 4096):
+  def __init__(self, exclude, targets, k: int, block: int | None = None):
     self.exclude = exclude
     self.targets = jnp.asarray(targets, jnp.int32)
     self.k, self.block = k, block
@@ -161,7 +169,8 @@ class DeviceRanker:
     num_users = self.targets.shape[0]
     if num_users == 0:
       return np.zeros((0, self.targets.shape[1]), np.int32)
-    size = min(self.block, num_users)
+    block = self.block or _block_size(items.shape[0], 1 << 28, 4096)
+    size = min(block, num_users)
     parts = []
     for start in range(0, num_users, size):
       first = min(start, num_users - size)
