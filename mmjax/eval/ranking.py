@@ -104,8 +104,8 @@ class HostRanker:
     out[rows, self.items[lo:hi]] = -np.inf
     return out
 
-  def _block(self, users, items_t, start):
-    stop = min(start + self.block, len(self.targets))
+  def _block(self, users, items_t, start, block):
+    stop = min(start + block, len(self.targets))
     scores = self._scores(users, items_t, start, stop)
     targets = self.targets[start:stop]
     target_scores = np.take_along_axis(scores, np.maximum(targets, 0), 1)
@@ -128,12 +128,12 @@ class HostRanker:
     if not 0 < self.k <= items.shape[0]:
       raise ValueError(f"k={self.k} must be in [1, {items.shape[0]}] (#items)")
     items_t = np.ascontiguousarray(items.T)
-    self.block = self.block or _block_size(items.shape[0], 1 << 22, 256)
-    starts = range(0, len(self.targets), self.block)
+    block = self.block or _block_size(items.shape[0], 1 << 22, 256)
+    starts = range(0, len(self.targets), block)
     # One BLAS thread per worker: the workers already use every core, and
     # a fixed thread count keeps each block's scores bitwise reproducible.
     with _blas_controller().limit(limits=1, user_api="blas"):
-      parts = list(self._pool.map(lambda a: self._block(users, items_t, a), starts))
+      parts = list(self._pool.map(lambda a: self._block(users, items_t, a, block), starts))
     if not parts:
       return np.zeros((0, self.targets.shape[1]), np.int32)
     return np.concatenate(parts)
