@@ -123,11 +123,12 @@ def test_rank_all_equals_one_top_k_over_all_users(toy, setup):
   hps = fs.stack_hparams([fs.hparams(cfg)] * 2)
   users, items = programs.embed(consts, states["params"], hps)
   eval_users = ft.eval_users(data)
+  per_split = {s: data.user_items(s) for s in (TRAIN, VALID, TEST)}
   targets = np.concatenate(
-      [pad_lists([data.user_items(s)[u] for u in eval_users]) for s in (VALID, TEST)], 1)
+      [pad_lists([per_split[s][u] for u in eval_users]) for s in (VALID, TEST)], 1)
   exclude = np.zeros((len(eval_users), data.num_items), bool)
   for row, u in enumerate(eval_users):
-    exclude[row, data.user_items(TRAIN)[u]] = True
+    exclude[row, per_split[TRAIN][u]] = True
   mesh = mesh_lib.make_mesh(cfg.mesh)
   host = ft.make_ranker(data, targets, mesh)
   assert isinstance(host, ranking.HostRanker)   # "auto" on CPU.

@@ -211,8 +211,11 @@ def train_and_evaluate_frozen(config, workdir: str, log=print) -> dict:
     programs = fs.Programs(fcfg, config.model.dim, shape, feature_dims, mesh)
   except ValueError as e:
     raise MmjaxError(f"config.frozen: {e}") from None
-  targets = {s: pad_lists([data.user_items(s)[u] for u in eval_users(data)])
-             for s in (VALID, TEST)}
+  users = eval_users(data)
+  targets = {}
+  for split in (VALID, TEST):
+    items = data.user_items(split)   # One pass over the split, then per user.
+    targets[split] = pad_lists([items[u] for u in users])
   ranker = make_ranker(data, np.concatenate([targets[VALID], targets[TEST]], 1), mesh,
                        fcfg.ranking)
   hp_arrays = fs.stack_hparams(hps)
