@@ -33,7 +33,7 @@ from mmjax.eval.metrics import topk_from_embeddings
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import mesh as mesh_lib
 from mmjax.train.checkpoint import Checkpointer
-from mmjax.train.optimizer import make_optimizer
+from mmjax.train.optimizer import make_optimizer, param_path
 from mmjax.train.step import init_state
 from mmjax.train.trainer import resolve_data_dir
 
@@ -80,6 +80,28 @@ class TrainedModel:
                         summary=self.summary, catalog=self.catalog,
                         tokenizer=self.tokenizer, encoder=self._encoder,
                         params=params, rest=rest, step=0)
+
+  _ITEM_ID_TABLE = "rec/item_id_embed/embedding"
+
+  @functools.cached_property
+  def item_id_table(self) -> np.ndarray | None:
+    """(N, dim) learned item-ID embeddings (added to the fused content
+    before normalization), or None for a model without them."""
+    leaves = jax.tree_util.tree_flatten_with_path(self._params)[0]
+    found = [x for k, x in leaves if param_path(k) == self._ITEM_ID_TABLE]
+    return np.asarray(found[0]) if found else None
+
+  def without_item_ids(self) -> "TrainedModel":
+    """The same snapshot with the item-ID table zeroed: its "item" vectors
+    are the normalized fused content alone."""
+    if self.item_id_table is None:
+      raise MmjaxError("this model has no item-ID embeddings")
+    params = jax.tree_util.tree_map_with_path(
+        lambda k, x: x * 0 if param_path(k) == self._ITEM_ID_TABLE else x, self._params)
+    return TrainedModel(workdir=self.workdir, config=self.config,
+                        summary=self.summary, catalog=self.catalog,
+                        tokenizer=self.tokenizer, encoder=self._encoder,
+                        params=params, rest=self._rest, step=self.step)
 
   # -- embeddings --------------------------------------------------------
 

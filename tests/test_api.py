@@ -38,6 +38,26 @@ def test_initial_model_is_rebuilt_and_differs(model):
   assert not np.allclose(trained["z_text"], start["z_text"], atol=1e-4)
 
 
+def test_without_item_ids_scores_the_content_alone(model):
+  """Zeroing the ID table leaves the aligned vectors and the original model
+  as they were; the item vectors become normalize(item - ID) directions."""
+  table = model.item_id_table
+  assert table is not None and table.shape == (model.num_items, 16)
+  content = model.without_item_ids()
+  full, alone = model.item_embeddings, content.item_embeddings
+  np.testing.assert_allclose(alone["z_text"], full["z_text"], atol=1e-6)
+  assert content.item_id_table is not None and not content.item_id_table.any()
+  assert np.array_equal(model.item_id_table, table)
+  # item = normalize(fused + id), alone = normalize(fused): the residual
+  # item - id is parallel to alone.
+  for i in range(5):
+    scale = np.linalg.lstsq(np.stack([full["item"][i], -alone["item"][i]], 1),
+                            table[i], rcond=None)[0]
+    np.testing.assert_allclose(scale[0] * full["item"][i] - table[i],
+                               scale[1] * alone["item"][i], atol=1e-5)
+  assert not np.allclose(alone["item"], full["item"], atol=1e-3)
+
+
 def test_recommend_ranks_unseen_items_by_score(model):
   user, k = 5, 7
   seen = set(model.seen(user).tolist())

@@ -26,6 +26,24 @@ def test_fit_recovers_each_users_liked_attribute():
   assert precision_at_10(features[rng.permutation(80)]) < 0.6
 
 
+def test_attribute_variance_splits_the_variance_by_attribute():
+  rng = np.random.default_rng(0)
+  n = 600
+  attrs = {a: rng.integers(0, len(v), n) for a, v in ceiling.VOCAB.items()}
+  colour_only = ceiling.one_hot(attrs, ["colour"]) @ rng.normal(size=(8, 16))
+  v = ceiling.attribute_variance(colour_only, attrs)
+  assert np.isclose(v["r2"], 1.0) and np.isclose(v["share"]["colour"], 1.0)
+  assert max(s for a, s in v["share"].items() if a != "colour") < 0.05
+  # Half the variance attribute-driven, half item-specific noise.
+  signal = ceiling.one_hot(attrs, ["pattern", "style"]) @ rng.normal(size=(10, 32))
+  noise = rng.normal(size=(n, 32))
+  noisy = signal / np.sqrt(signal.var(0).sum()) + noise / np.sqrt(noise.var(0).sum())
+  v = ceiling.attribute_variance(noisy, attrs)
+  assert 0.4 < v["r2"] < 0.6
+  assert 0.15 < v["share"]["pattern"] < 0.4 and 0.15 < v["share"]["style"] < 0.4
+  assert v["share"]["colour"] < 0.05
+
+
 def test_benchmark_on_a_finished_run(trained_workdir, tmp_path):
   out = tmp_path / "ceiling.json"
   ceiling.main(["--workdir", trained_workdir, "--out", str(out)])
@@ -34,6 +52,12 @@ def test_benchmark_on_a_finished_run(trained_workdir, tmp_path):
                                  "run_item_vectors"}
   summary = json.load(open(f"{trained_workdir}/summary.json"))
   assert result["run_test"] == summary["test"] and result["oracle"] == summary["oracle"]
+  from mmjax import api
+  has_ids = api.load(trained_workdir).item_id_table is not None
+  assert set(result["variance"]) == {"z_text", "z_image", "item"} | (
+      {"item_content_only", "item_id_table"} if has_ids else set())
+  for v in result["variance"].values():
+    assert 0 <= v["r2"] <= 1 + 1e-9 and set(v["share"]) == set(ceiling.VOCAB)
   for fit in result["fits"].values():
     assert fit["penalty"] in ceiling.PENALTIES
     assert 0 <= fit["test"]["recall@20"] <= 1 and 0 <= fit["valid"]["recall@20"] <= 1
