@@ -26,6 +26,14 @@ def test_fit_recovers_each_users_liked_attribute():
   assert precision_at_10(features[rng.permutation(80)]) < 0.6
 
 
+def test_bag_of_words_marks_the_tokens_that_tell_texts_apart():
+  tokens = np.array([[2, 7, 9, 3, 0], [2, 9, 3, 0, 0], [2, 8, 8, 3, 0]])
+  mask = (tokens > 0).astype(np.int32)
+  # Columns: the tokens 7, 8, 9 (2 and 3 are in every text, 0 is padding).
+  np.testing.assert_array_equal(ceiling.bag_of_words(tokens, mask),
+                                [[1, 0, 1], [0, 0, 1], [0, 1, 0]])
+
+
 def test_attribute_variance_splits_the_variance_by_attribute():
   rng = np.random.default_rng(0)
   n = 600
@@ -49,7 +57,8 @@ def test_benchmark_on_a_finished_run(trained_workdir, tmp_path):
   ceiling.main(["--workdir", trained_workdir, "--out", str(out)])
   result = json.loads(out.read_text())
   assert set(result["fits"]) == {"true_attributes", "text_attributes", "image_attributes",
-                                 "run_item_vectors"}
+                                 "text_bag_of_words", "run_item_vectors", "run_z_text",
+                                 "run_z_image"}
   summary = json.load(open(f"{trained_workdir}/summary.json"))
   assert result["run_test"] == summary["test"] and result["oracle"] == summary["oracle"]
   from mmjax import api

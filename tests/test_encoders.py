@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mmjax.models.encoders.attention import gelu_exact
 from mmjax.models.encoders.text import BertEncoder, MaskedLMHead
 from mmjax.models.encoders.vision import SmallCNN, ViT
 
@@ -205,6 +206,25 @@ def test_vit_shapes_and_grads(pooling):
   if pooling == 'mean':
     np.testing.assert_allclose(pooled, tokens.mean(1), atol=1e-6)
   assert_param_grads_ok(model, lambda m: m(images()))
+
+
+@pytest.mark.parametrize('patch_bias', [True, False])
+def test_vit_patch_matmul_equals_the_strided_conv(patch_bias):
+  # The patch embedding runs as a matmul over flattened patches; it must be
+  # the stride-p conv of the same kernel (the HF layout), pixel for pixel.
+  model = vit(patch_bias=patch_bias)
+  if patch_bias:
+    model.patch_embed.bias[...] = jnp.arange(HIDDEN, dtype=jnp.float32) / 7
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(B, IMG, IMG, 3)), jnp.float32)
+  conv = model.patch_embed(x)
+  np.testing.assert_allclose(model._embed_patches(x),
+                             conv.reshape(B, -1, HIDDEN), atol=1e-5)
+
+
+def test_gelu_exact_is_the_erf_gelu():
+  z = jnp.linspace(-8, 8, 161)
+  np.testing.assert_allclose(gelu_exact(z), jax.nn.gelu(z, approximate=False), atol=1e-6)
+  assert gelu_exact(jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16
 
 
 def test_vit_clip_style_options():

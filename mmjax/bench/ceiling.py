@@ -15,7 +15,11 @@ with the same masking as the run's own evaluation. Feature sets:
 - `true_attributes`: one-hot of every latent attribute, i.e. perfect item
   features (the same form as the true logits, so this is the fit's ceiling);
 - `text_attributes` / `image_attributes`: only what one modality shows;
-- `run_item_vectors`: the run's learned item vectors (its "item" output).
+- `text_bag_of_words`: which tokens each item's text holds (the text tower's
+  input, synonyms left apart), i.e. what a text encoder gives that keeps the
+  words but does not learn which ones mean the same;
+- `run_item_vectors`: the run's learned item vectors (its "item" output);
+- `run_z_text` / `run_z_image`: the run's aligned text / image vectors.
 
 With the run's own test metrics and the oracle beside them, it says whether a
 gap to the oracle lies in the item features or in what ~24 train interactions
@@ -54,6 +58,17 @@ def one_hot(attrs: dict, names) -> np.ndarray:
   """(N, sum of value counts) float32 one-hot of the attributes `names`."""
   return np.concatenate(
       [np.eye(len(VOCAB[a]), dtype=np.float32)[attrs[a]] for a in names], axis=1)
+
+
+def bag_of_words(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """(N, T) float32 0/1: does text i hold token t, over the T tokens that
+  some but not all texts hold (special tokens are in every text)."""
+  n, vocab = tokens.shape[0], int(tokens.max()) + 1
+  x = np.zeros((n, vocab), np.float32)
+  rows = np.broadcast_to(np.arange(n)[:, None], tokens.shape)
+  x[rows[mask > 0], tokens[mask > 0]] = 1.0
+  count = x.sum(0)
+  return x[:, (count > 0) & (count < n)]
 
 
 def attribute_variance(x: np.ndarray, attrs: dict) -> dict:
@@ -144,8 +159,12 @@ def main(argv=None):
       "true_attributes": one_hot(attrs, VOCAB),
       "text_attributes": one_hot(attrs, TEXT_ATTRS),
       "image_attributes": one_hot(attrs, IMAGE_ATTRS),
+      "text_bag_of_words": bag_of_words(*model.tokenizer.encode_all(model.catalog.item_text)),
       "run_item_vectors": model.item_embeddings["item"],
+      "run_z_text": model.item_embeddings["z_text"],
   }
+  if "z_image" in model.item_embeddings:
+    feature_sets["run_z_image"] = model.item_embeddings["z_image"]
   start = time.perf_counter()
   fits = {name: best_fit(x, model.catalog) for name, x in feature_sets.items()}
   vectors = {k: model.item_embeddings[k] for k in ("z_text", "z_image", "item")

@@ -63,7 +63,7 @@ class MLPFusion(nnx.Module):
     del text_tokens, text_mask, image_tokens  # Pooled inputs only.
     _check_pair(z_text, z_image, self.dim)
     x = jnp.concatenate([z_text, z_image, z_text * z_image], axis=-1)
-    h = jax.nn.gelu(self.fc1(x), approximate=False)
+    h = attn_lib.gelu_exact(self.fc1(x))
     h = self.dropout(h, deterministic=deterministic, rngs=rngs)
     return self.fc2(h) + self.skip(jnp.concatenate([z_text, z_image], axis=-1))
 

@@ -27,9 +27,18 @@ from flax import nnx
 INIT_STDDEV = 0.02
 kernel_init = nnx.initializers.normal(INIT_STDDEV)
 
+def gelu_exact(x: jax.Array) -> jax.Array:
+  """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), as torch computes it.
+
+  jax.nn.gelu(approximate=False) goes through erfc, which XLA:CPU evaluates
+  ~2.5x slower than erf; on the base config's step this form is ~5% faster.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+
+
 _ACTIVATIONS = {
     # HF "gelu" is the exact erf form, not the tanh approximation.
-    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+    'gelu': gelu_exact,
     # CLIP's activation: x * sigmoid(1.702 x).
     'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
     # HF names of the tanh approximation (some BERT-family checkpoints).
