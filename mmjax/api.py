@@ -107,7 +107,8 @@ class TrainedModel:
 
   @functools.cached_property
   def item_embeddings(self) -> dict[str, np.ndarray]:
-    """"item" (fused, as scored), "z_text" and "z_image" (aligned), (N, dim)."""
+    """"item" (as scored), "z_text" and "z_image" (aligned) and "content" (the
+    fused text and image before the item-ID embedding), each (N, dim)."""
     tokens, mask = self.tokenizer.encode_all(self.catalog.item_text)
     out = self._encoder.items(self._params, self._rest, tokens, mask,
                               normalize_images(self.catalog.item_images))

@@ -90,6 +90,10 @@ def default_config() -> ConfigDict:
   c.loss.softmax = 1.0
   c.loss.bpr = 0.0
   c.loss.bce = 0.0
+  # InfoNCE between the content vectors of two train items of one user (the
+  # batch item and a random other item of its user; losses/recommendation.py).
+  c.loss.co_item = 0.0
+  c.loss.co_item_temperature = 0.1
   c.loss.orthogonality = 0.01
   c.loss.pretrain_steps = 0   # Contrastive terms only for the first N steps.
   # "ring": InfoNCE/SigLIP sharded over the mesh's data axis, never building
@@ -170,7 +174,7 @@ _CHOICES = {
 }
 _POSITIVE = (
     "train.steps", "train.batch_size", "train.log_every",
-    "train.accum_steps", "loss.contrastive_chunk",
+    "train.accum_steps", "loss.contrastive_chunk", "loss.co_item_temperature",
     "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size",
     "model.dim", "model.text.hidden", "model.text.layers", "model.text.heads",
     "model.image.hidden", "model.image.layers", "model.image.heads",
@@ -182,7 +186,7 @@ _POSITIVE = (
 )
 _NON_NEGATIVE = (
     "loss.infonce", "loss.siglip", "loss.mmd", "loss.coral", "loss.mlm",
-    "loss.softmax", "loss.bpr", "loss.bce", "loss.orthogonality",
+    "loss.softmax", "loss.bpr", "loss.bce", "loss.co_item", "loss.orthogonality",
     "loss.pretrain_steps", "train.warmup_steps", "train.weight_decay",
     "train.grad_clip", "data.worker_count", "train.max_skipped_steps",
     "train.unfreeze_last_blocks",

@@ -33,7 +33,8 @@ def setup(cfg, data_dir, devices=None):
   shardings = state_shardings(state, mesh, cfg.mesh.rules)
   sync_processes("built")   # device_put checks across processes that they agree.
   data = iter(train_dataset(data_dir, catalog, cfg.data,
-                            batch_size=cfg.train.batch_size, seed=0))
+                            batch_size=cfg.train.batch_size, seed=0,
+                            co_items=cfg.loss.co_item > 0))
   return types.SimpleNamespace(
       cfg=cfg, mesh=mesh, tx=tx, graphdef=graphdef, shardings=shardings,
       state=jax.device_put(state, shardings), data=data,

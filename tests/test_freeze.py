@@ -57,7 +57,7 @@ def trained(data_dir, tmp_path_factory):
   step = make_train_step(graphdef, tx, cfg.loss, mesh, sh, learning_rate(cfg.train))
   state = jax.device_put(state, sh)
   data = iter(train_dataset(data_dir, catalog, cfg.data, batch_size=16, seed=0,
-                            tokenizer=tok))
+                            tokenizer=tok, co_items=cfg.loss.co_item > 0))
   for _ in range(STEPS):
     state, metrics = step(state, mesh_lib.global_batch(next(data), mesh))
   assert np.isfinite(float(metrics["loss"]))

@@ -215,6 +215,35 @@ def test_bce_matches_numpy(valid):
   _close(got, np.mean(pos) + np.mean(neg))
 
 
+def test_co_item_infonce_matches_numpy():
+  rng = np.random.default_rng(13)
+  a, b = _normed(rng), _normed(rng)
+  ids = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+  # Row 1's co-item is row 0's item (a true pair, not a negative for row 0);
+  # rows 2 and 5 share a co-item; row 6 has none (-1: no anchor, no negative).
+  co = np.array([1, 0, 9, 10, 11, 9, -1, 12])
+  logits = a @ b.T / 0.2
+
+  def allowed(i, j):
+    if i == j:
+      return True
+    return co[i] >= 0 and co[j] >= 0 and ids[i] != co[j] and co[i] != co[j]
+
+  def xent(x, rule):
+    vals = [math.log(sum(math.exp(x[i, j]) for j in range(B) if rule(i, j))) - x[i, i]
+            for i in range(B) if co[i] >= 0]
+    return float(np.mean(vals))
+
+  want = 0.5 * (xent(logits, allowed) + xent(logits.T, lambda i, j: allowed(j, i)))
+  got = rec.co_item_infonce(jnp.asarray(a), jnp.asarray(b), jnp.asarray(ids),
+                            jnp.asarray(co), 0.2)
+  _close(got, want)
+  # Aligned pairs score lower than shuffled ones.
+  aligned = rec.co_item_infonce(jnp.asarray(a), jnp.asarray(a), jnp.asarray(ids),
+                                jnp.asarray(co), 0.2)
+  assert float(aligned) < float(got)
+
+
 # ------------------------------------------------------------------ gradients
 
 

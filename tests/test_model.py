@@ -25,7 +25,8 @@ def setup(data_dir):
   catalog = store.load_catalog(data_dir)
   tok = TextTokenizer(store.tokenizer_path(data_dir), cfg.data.max_text_len)
   shapes = DataShapes.of(catalog, tok, cfg.data.max_text_len)
-  batch = next(iter(train_dataset(data_dir, catalog, cfg.data, batch_size=16, seed=0)))
+  batch = next(iter(train_dataset(data_dir, catalog, cfg.data, batch_size=16, seed=0,
+                                   co_items=cfg.loss.co_item > 0)))
   return cfg, shapes, {k: jnp.asarray(v) for k, v in batch.items()}
 
 

@@ -3,7 +3,9 @@
 import numpy as np
 
 from mmjax.data import store
-from mmjax.data.pipeline import train_dataset
+from mmjax.data.catalog import TRAIN
+from mmjax.data.features import TextTokenizer
+from mmjax.data.pipeline import ItemFeatures, train_dataset
 
 
 def _dataset(data_dir, cfg, **kw):
@@ -27,6 +29,29 @@ def test_batches_have_the_model_inputs(config, data_dir):
   # The joined text is the item's own description.
   tok = b["tokens"][0][b["mask"][0] == 1]
   assert len(tok) >= 3 and tok[0] != tok[1]
+
+
+def test_co_items_are_other_train_items_of_the_same_user(config, data_dir):
+  catalog, ds = _dataset(data_dir, config, co_items=True)
+  train = catalog.user_histories(TRAIN)
+  items = ItemFeatures.build(catalog, TextTokenizer(store.tokenizer_path(data_dir),
+                                                    config.data.max_text_len))
+  it, seen = iter(ds), set()
+  for _ in range(20):
+    b = next(it)
+    for row, (u, i, co) in enumerate(zip(b["user_id"], b["item_id"], b["co_item_id"])):
+      others = set(train[u]) - {i}
+      if not others:
+        assert co == -1
+        continue
+      assert co in others
+      seen.add((int(u), int(co)))
+      np.testing.assert_array_equal(b["co_tokens"][row], items.tokens[co])
+      np.testing.assert_array_equal(b["co_mask"][row], items.mask[co])
+    assert b["co_image"].shape == b["image"].shape
+  assert len(seen) > 100     # Drawn at random, not always the same item.
+  # Without the option the batch has no co-item inputs.
+  assert "co_item_id" not in next(iter(_dataset(data_dir, config)[1]))
 
 
 def test_stream_is_seeded_and_resumable(config, data_dir):

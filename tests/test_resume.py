@@ -74,7 +74,8 @@ def test_resume_on_four_devices_after_eight_continues_the_stream(tmp_path, data_
   assert [r["step"] for r in logged] == list(range(1, total + 1))
   # The uninterrupted stream, straight from the pipeline.
   stream = iter(train_dataset(data_dir, store.load_catalog(data_dir), config.data,
-                              batch_size=config.train.batch_size, seed=config.seed))
+                              batch_size=config.train.batch_size, seed=config.seed,
+                              co_items=config.loss.co_item > 0))
   for row in logged:
     want = next(stream)
     assert row["user_id"] == want["user_id"].tolist(), row["step"]

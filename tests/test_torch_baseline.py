@@ -43,7 +43,8 @@ def _setup(config):
   tok = TextTokenizer(store.tokenizer_path(config.data.dir), config.data.max_text_len)
   shapes = DataShapes.of(catalog, tok, config.data.max_text_len)
   batch = next(iter(train_dataset(config.data.dir, catalog, config.data,
-                                  batch_size=config.train.batch_size, seed=0)))
+                                  batch_size=config.train.batch_size, seed=0,
+                                  co_items=config.loss.co_item > 0)))
   return shapes, {k: np.asarray(v) for k, v in batch.items()}
 
 

@@ -20,6 +20,7 @@ def tiny_config():
   c.loss.siglip = 0.1
   c.loss.bpr = 0.1
   c.loss.bce = 0.1
+  c.loss.co_item = 0.1
   c.train.steps = 6
   c.train.batch_size = 16
   c.train.warmup_steps = 2

@@ -68,7 +68,8 @@ def make_batches(config, count: int):
   catalog = store.load_catalog(data_dir)
   tok = TextTokenizer(store.tokenizer_path(data_dir), config.data.max_text_len)
   it = iter(train_dataset(data_dir, catalog, config.data,
-                          batch_size=config.train.batch_size, seed=config.seed))
+                          batch_size=config.train.batch_size, seed=config.seed,
+                          co_items=config.loss.co_item > 0))
   batches = [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(count)]
   return DataShapes.of(catalog, tok, config.data.max_text_len), batches
 

@@ -56,6 +56,7 @@ class BatchTransform(grain.transforms.RandomMap):
   mlm_prob: float
   mlm_max_predictions: int
   augment: bool
+  co_items: bool = False   # Also another train item of each user (loss.co_item).
 
   def random_map(self, batch, rng: np.random.Generator):
     users = np.asarray(batch["user_id"], np.int32)
@@ -63,14 +64,31 @@ class BatchTransform(grain.transforms.RandomMap):
     tokens, mask = self.items.tokens[item_ids], self.items.mask[item_ids]
     mlm_tokens, positions, labels = mask_tokens(
         tokens, mask, self.tokenizer, self.mlm_prob, self.mlm_max_predictions, rng)
-    images = normalize_images(self.items.images[item_ids])
-    if self.augment:
-      images = augment_images(images, rng)
-    return dict(
-        user_id=users, item_id=item_ids, tokens=tokens, mask=mask, image=images,
+    out = dict(
+        user_id=users, item_id=item_ids, tokens=tokens, mask=mask,
+        image=self._images(item_ids, rng),
         mlm_tokens=mlm_tokens, mlm_positions=positions, mlm_labels=labels,
         history=self._sample_histories(users, item_ids, rng),
         log_q=self.log_q[item_ids])
+    if self.co_items:
+      co = self._sample_co_items(users, item_ids, rng)
+      shown = np.where(co >= 0, co, item_ids)   # Rows without one: masked out.
+      out.update(co_item_id=co, co_tokens=self.items.tokens[shown],
+                 co_mask=self.items.mask[shown], co_image=self._images(shown, rng))
+    return out
+
+  def _images(self, item_ids, rng):
+    images = normalize_images(self.items.images[item_ids])
+    return augment_images(images, rng) if self.augment else images
+
+  def _sample_co_items(self, users, item_ids, rng):
+    """One uniformly random other train item of each user; -1 if none."""
+    hist = self.histories[users]
+    ok = (hist >= 0) & (hist != item_ids[:, None])
+    key = np.where(ok, rng.random(hist.shape), -1.0)
+    pick = np.argmax(key, axis=1)
+    co = hist[np.arange(len(users)), pick]
+    return np.where(ok.any(1), co, -1).astype(np.int32)
 
   def _sample_histories(self, users, item_ids, rng):
     """Up to history_len random train items of each user, in time order,
@@ -100,9 +118,11 @@ def text_tokenizer(data_dir: str, config) -> TextTokenizer:
 
 def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
-                  tokenizer: TextTokenizer | None = None) -> grain.IterDataset:
+                  tokenizer: TextTokenizer | None = None,
+                  co_items: bool = False) -> grain.IterDataset:
   """The endless, checkpointable stream of this process's train batches
-  (tokenized by `tokenizer`, by default the catalog's)."""
+  (tokenized by `tokenizer`, by default the catalog's); `co_items` adds the
+  inputs of loss.co_item (co_item_id, co_tokens, co_mask, co_image)."""
   if tokenizer is None:
     tokenizer = TextTokenizer(store.tokenizer_path(data_dir), data_cfg.max_text_len)
   longest = max(1, int(np.bincount(catalog.split_pairs(TRAIN)[:, 0]).max()))
@@ -111,7 +131,8 @@ def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
       histories=catalog.user_histories(TRAIN, max_len=longest),
       log_q=log_popularity(catalog),
       history_len=data_cfg.history_len, mlm_prob=data_cfg.mlm_prob,
-      mlm_max_predictions=data_cfg.mlm_max_predictions, augment=data_cfg.augment)
+      mlm_max_predictions=data_cfg.mlm_max_predictions, augment=data_cfg.augment,
+      co_items=co_items)
   ds = grain.MapDataset.source(catalog.split_pairs(TRAIN))
   ds = ds.shuffle(seed=seed).repeat(None)
   ds = ds[process_index::process_count]

@@ -73,3 +73,31 @@ def bce(u, v, item_ids, valid=None):
   neg_mask = pair_mask(b, ok, item_ids) & ~jnp.eye(b, dtype=bool)
   neg = masked_mean(-jax.nn.log_sigmoid(-s), neg_mask)
   return pos + neg
+
+
+def co_item_infonce(a, b, item_ids, co_item_ids, temperature, valid=None):
+  """Symmetric InfoNCE between the content vectors of two items of one user.
+
+  Row i pairs item_ids[i] (content a_i) with co_item_ids[i] (content b_i),
+  another train item of the same user; -1 marks a row without one. With
+  unit-norm a, b:
+
+    logits[i, j] = a_i . b_j / temperature
+    loss = (CE_rows(logits) + CE_cols(logits)) / 2,  target = diagonal,
+
+  averaged over rows with a co-item. Item-to-item co-occurrence is the
+  collaborative signal in a form the content towers can learn from on both
+  sides (the user tower pools a stop-gradient item memory): items that the
+  same users pick come to share their vectors' directions, so the towers
+  learn which words and which image features users choose by, e.g. that two
+  synonyms mean one material. An off-diagonal pair (i, j) is not a negative
+  where b_j shows row i's own item, or b_j's item is b_i's.
+  """
+  ok = _valid_or_ones(a.shape[0], valid) & (co_item_ids >= 0)
+  logits = _scores(a, b) / temperature
+  n = a.shape[0]
+  off = ~jnp.eye(n, dtype=bool)
+  allowed = pair_mask(n, ok) & ~(off & (item_ids[:, None] == co_item_ids[None, :]))
+  allowed &= ~(off & (co_item_ids[:, None] == co_item_ids[None, :]))
+  return 0.5 * (diag_softmax_xent(logits, allowed, ok)
+                + diag_softmax_xent(logits.T, allowed.T, ok))

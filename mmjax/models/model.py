@@ -94,18 +94,27 @@ class MultimodalRecommender(nnx.Module):
 
   def encode_items(self, tokens, mask, images, item_ids, *,
                    deterministic: bool = True, rngs: nnx.Rngs | None = None):
-    """Returns the aligned per-modality vectors and the item vectors."""
+    """The aligned per-modality vectors, the fused content and the item
+    vectors (content plus item-ID embedding, unit norm)."""
+    out = self.encode_content(tokens, mask, images, deterministic=deterministic,
+                              rngs=rngs)
+    out["item"] = self.rec.item_vectors(out["content"], item_ids)
+    return out
+
+  def encode_content(self, tokens, mask, images, *, deterministic: bool = True,
+                     rngs: nnx.Rngs | None = None):
+    """{"z_text", "z_image", "content"}: what the item's text and image give,
+    before the item-ID embedding."""
     text_tokens, text_pooled = self.text(
         tokens, mask, deterministic=deterministic, rngs=rngs)
     image_tokens, image_pooled = self.image(
         self._pixels(images), deterministic=deterministic, rngs=rngs)
     z_text = self.text_proj(text_pooled)
     z_image = self.image_proj(image_pooled)
-    fused = self.fusion(z_text, z_image, text_tokens=text_tokens,
-                        text_mask=mask, image_tokens=image_tokens,
-                        deterministic=deterministic, rngs=rngs)
-    return dict(z_text=z_text, z_image=z_image,
-                item=self.rec.item_vectors(fused, item_ids))
+    content = self.fusion(z_text, z_image, text_tokens=text_tokens,
+                          text_mask=mask, image_tokens=image_tokens,
+                          deterministic=deterministic, rngs=rngs)
+    return dict(z_text=z_text, z_image=z_image, content=content)
 
   def encode_text(self, tokens, mask):
     """Aligned text vectors alone, e.g. for a text query (inference only)."""

@@ -16,12 +16,15 @@ from mmjax.losses.alignment import coral, mmd
 from mmjax.losses.contrastive import infonce, siglip
 from mmjax.losses.mlm import masked_lm_mean, masked_lm_sums
 from mmjax.losses.sharded_contrastive import ring_infonce, ring_siglip
-from mmjax.losses.recommendation import bce, bpr, sampled_softmax_logq
+from mmjax.losses.recommendation import bce, bpr, co_item_infonce, sampled_softmax_logq
+from mmjax.models.aligners import l2_normalize
 from mmjax.train import accumulate, guard
 from mmjax.train import mesh as mesh_lib
 
 CONTRASTIVE_TERMS = ("infonce", "siglip", "mmd", "coral", "mlm", "orthogonality")
-REC_TERMS = ("softmax", "bpr", "bce")
+USER_TERMS = ("softmax", "bpr", "bce")   # Score users against items.
+# The interaction-driven terms; they wait for the pretrain phase to end.
+REC_TERMS = USER_TERMS + ("co_item",)
 TERMS = CONTRASTIVE_TERMS + REC_TERMS
 
 
@@ -43,8 +46,12 @@ def encode_batch(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg) -> dict:
                               batch["mlm_positions"], deterministic=not train,
                               rngs=rngs)
     out["mlm_nll"], out["mlm_correct"] = masked_lm_sums(logits, batch["mlm_labels"])
-  if any(loss_cfg[t] for t in REC_TERMS):
+  if any(loss_cfg[t] for t in USER_TERMS):
     out["user"] = model.encode_users(batch["user_id"], batch["history"])
+  if loss_cfg.co_item:
+    out["co_content"] = model.encode_content(
+        batch["co_tokens"], batch["co_mask"], batch["co_image"],
+        deterministic=not train, rngs=rngs)["content"]
   return out
 
 
@@ -77,7 +84,11 @@ def batch_terms(model, out: dict, batch: dict, loss_cfg, *, train: bool,
   if loss_cfg.mlm:
     terms["mlm"], extras["mlm_accuracy"] = masked_lm_mean(
         out["mlm_nll"], out["mlm_correct"], batch["mlm_labels"])
-  if any(loss_cfg[t] for t in REC_TERMS):
+  if loss_cfg.co_item:
+    terms["co_item"] = co_item_infonce(
+        l2_normalize(out["content"]), l2_normalize(out["co_content"]), ids,
+        batch["co_item_id"], loss_cfg.co_item_temperature)
+  if any(loss_cfg[t] for t in USER_TERMS):
     u = out["user"]
     if train:
       extras["item_memory"] = model.rec.refreshed_memory(ids, out["item"])

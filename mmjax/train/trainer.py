@@ -97,7 +97,7 @@ def _dry_run(step_fn, state, config, data_dir, catalog, mesh, log) -> dict:
       data_dir, catalog, config.data, batch_size=config.train.batch_size,
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(),
-      tokenizer=text_tokenizer(data_dir, config))))
+      tokenizer=text_tokenizer(data_dir, config), co_items=config.loss.co_item > 0)))
   t0 = time.time()
   compiled = step_fn.lower(state, mesh_lib.global_batch(local, mesh)).compile()
   flops = _report_compiled(compiled, log)
@@ -149,7 +149,8 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   data_iter = iter(train_dataset(
       data_dir, catalog, config.data, batch_size=config.train.batch_size,
       seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), tokenizer=tokenizer))
+      process_count=jax.process_count(), tokenizer=tokenizer,
+      co_items=config.loss.co_item > 0))
   ckpt = Checkpointer(workdir, every=config.train.checkpoint_every,
                       keep=config.train.keep_checkpoints)
   state = resume.restore_newest_good(ckpt, state, data_iter, config, workdir, log)

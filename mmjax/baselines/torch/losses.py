@@ -4,7 +4,8 @@ as mmjax/train/step.py (the math of mmjax/losses/*, for unpadded batches)."""
 import torch
 import torch.nn.functional as F
 
-from mmjax.train.step import REC_TERMS
+from mmjax.baselines.torch.heads import l2_normalize
+from mmjax.train.step import REC_TERMS, USER_TERMS
 
 _MAX_SCALE = 100.0
 
@@ -85,6 +86,22 @@ def bce(u, v, item_ids):
   return pos + (-F.logsigmoid(-s) * neg).sum() / neg.sum().clamp_min(1.0)
 
 
+def co_item_infonce(a, b, item_ids, co_item_ids, temperature):
+  """mmjax.losses.recommendation.co_item_infonce; rows with co_item_ids -1 drop out."""
+  ok = co_item_ids >= 0
+  logits = (a @ b.T) / temperature
+  off = ~torch.eye(len(item_ids), dtype=torch.bool, device=a.device)
+  allowed = ~(off & ((item_ids[:, None] == co_item_ids[None, :])
+                     | (co_item_ids[:, None] == co_item_ids[None, :])
+                     | ~(ok[:, None] & ok[None, :])))
+
+  def xent(x, allowed):
+    lse = x.masked_fill(~allowed, float("-inf")).logsumexp(1)
+    return ((lse - x.diagonal()) * ok).sum() / ok.sum().clamp_min(1)
+
+  return 0.5 * (xent(logits, allowed) + xent(logits.T, allowed.T))
+
+
 def loss_terms(model, batch: dict, loss_cfg) -> tuple[dict, dict]:
   """Every loss term (unweighted); mirrors mmjax.train.step.loss_terms."""
   ids = batch["item_id"]
@@ -104,7 +121,12 @@ def loss_terms(model, batch: dict, loss_cfg) -> tuple[dict, dict]:
   if loss_cfg.mlm:
     logits = model.mlm_logits(batch["mlm_tokens"], batch["mask"], batch["mlm_positions"])
     terms["mlm"], extras["mlm_accuracy"] = masked_lm_loss(logits, batch["mlm_labels"])
-  if any(loss_cfg[t] for t in REC_TERMS):
+  if loss_cfg.co_item:
+    co = model.encode_content(batch["co_tokens"], batch["co_mask"], batch["co_image"])
+    terms["co_item"] = co_item_infonce(
+        l2_normalize(out["content"]), l2_normalize(co["content"]), ids,
+        batch["co_item_id"], loss_cfg.co_item_temperature)
+  if any(loss_cfg[t] for t in USER_TERMS):
     u = model.rec.user_vectors(batch["user_id"], batch["history"])
     extras["items"] = out["item"]
     u, v = model.rec.scoring_vectors(u, out["item"], ids)

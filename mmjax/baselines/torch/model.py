@@ -78,12 +78,17 @@ class TorchMultimodalRecommender(nn.Module):
     return tokens, (x[:, 0] if self.image_pooling == "cls" else tokens.mean(1))
 
   def encode_items(self, tokens, mask, images, item_ids):
+    out = self.encode_content(tokens, mask, images)
+    out["item"] = self.rec.item_vectors(out["content"], item_ids)
+    return out
+
+  def encode_content(self, tokens, mask, images):
     text_tokens, text_pooled = self.encode_text(tokens, mask)
     image_tokens, image_pooled = self.encode_image(images)
     z_text, z_image = self.text_proj(text_pooled), self.image_proj(image_pooled)
-    fused = self.fusion(z_text, z_image, text_tokens=text_tokens, text_mask=mask,
-                        image_tokens=image_tokens)
-    return dict(z_text=z_text, z_image=z_image, item=self.rec.item_vectors(fused, item_ids))
+    content = self.fusion(z_text, z_image, text_tokens=text_tokens, text_mask=mask,
+                          image_tokens=image_tokens)
+    return dict(z_text=z_text, z_image=z_image, content=content)
 
   def mlm_logits(self, tokens, mask, positions):
     hidden = self.text(input_ids=tokens, attention_mask=mask).last_hidden_state
