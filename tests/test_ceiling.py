@@ -57,8 +57,8 @@ def test_benchmark_on_a_finished_run(trained_workdir, tmp_path):
   ceiling.main(["--workdir", trained_workdir, "--out", str(out)])
   result = json.loads(out.read_text())
   assert set(result["fits"]) == {"true_attributes", "text_attributes", "image_attributes",
-                                 "text_bag_of_words", "run_item_vectors", "run_z_text",
-                                 "run_z_image"}
+                                 "text_bag_of_words", "run_item_vectors", "run_content",
+                                 "run_z_text", "run_z_image"}
   summary = json.load(open(f"{trained_workdir}/summary.json"))
   assert result["run_test"] == summary["test"] and result["oracle"] == summary["oracle"]
   from mmjax import api

@@ -19,6 +19,8 @@ with the same masking as the run's own evaluation. Feature sets:
   input, synonyms left apart), i.e. what a text encoder gives that keeps the
   words but does not learn which ones mean the same;
 - `run_item_vectors`: the run's learned item vectors (its "item" output);
+- `run_content`: the run's content vectors (fusion output before the
+  item-ID embedding);
 - `run_z_text` / `run_z_image`: the run's aligned text / image vectors.
 
 With the run's own test metrics and the oracle beside them, it says whether a
@@ -163,8 +165,9 @@ def main(argv=None):
       "run_item_vectors": model.item_embeddings["item"],
       "run_z_text": model.item_embeddings["z_text"],
   }
-  if "z_image" in model.item_embeddings:
-    feature_sets["run_z_image"] = model.item_embeddings["z_image"]
+  for key in ("content", "z_image"):
+    if key in model.item_embeddings:
+      feature_sets[f"run_{key}"] = model.item_embeddings[key]
   start = time.perf_counter()
   fits = {name: best_fit(x, model.catalog) for name, x in feature_sets.items()}
   vectors = {k: model.item_embeddings[k] for k in ("z_text", "z_image", "item")
