@@ -93,7 +93,7 @@ def default_config() -> ConfigDict:
   # InfoNCE between the content vectors of two train items of one user (the
   # batch item and a random other item of its user; losses/recommendation.py).
   c.loss.co_item = 0.0
-  c.loss.co_item_temperature = 0.1
+  c.loss.co_item_temperature = 0.3
   c.loss.orthogonality = 0.01
   c.loss.pretrain_steps = 0   # Contrastive terms only for the first N steps.
   # "ring": InfoNCE/SigLIP sharded over the mesh's data axis, never building
