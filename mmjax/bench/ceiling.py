@@ -173,7 +173,9 @@ def main(argv=None):
   vectors = {k: model.item_embeddings[k] for k in ("z_text", "z_image", "item")
              if k in model.item_embeddings}
   if model.item_id_table is not None:
-    vectors["item_content_only"] = model.without_item_ids().item_embeddings["item"]
+    content = model.item_embeddings["content"]   # item = normalize(content + ID).
+    vectors["item_content_only"] = content / np.maximum(
+        np.linalg.norm(content, axis=1, keepdims=True), 1e-6)
     vectors["item_id_table"] = model.item_id_table
   variance = {name: attribute_variance(x, attrs) for name, x in vectors.items()}
   if "item_content_only" in vectors:   # How far the IDs turn the scored vectors.

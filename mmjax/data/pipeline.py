@@ -64,14 +64,18 @@ class BatchTransform(grain.transforms.RandomMap):
     tokens, mask = self.items.tokens[item_ids], self.items.mask[item_ids]
     mlm_tokens, positions, labels = mask_tokens(
         tokens, mask, self.tokenizer, self.mlm_prob, self.mlm_max_predictions, rng)
+    # Each user's train items other than the target: the pool of both the
+    # pooled history and the co-item.
+    hist = self.histories[users]
+    ok = (hist >= 0) & (hist != item_ids[:, None])
     out = dict(
         user_id=users, item_id=item_ids, tokens=tokens, mask=mask,
         image=self._images(item_ids, rng),
         mlm_tokens=mlm_tokens, mlm_positions=positions, mlm_labels=labels,
-        history=self._sample_histories(users, item_ids, rng),
+        history=self._sample_histories(hist, ok, rng),
         log_q=self.log_q[item_ids])
     if self.co_items:
-      co = self._sample_co_items(users, item_ids, rng)
+      co = self._sample_co_items(hist, ok, rng)
       shown = np.where(co >= 0, co, item_ids)   # Rows without one: masked out.
       out.update(co_item_id=co, co_tokens=self.items.tokens[shown],
                  co_mask=self.items.mask[shown], co_image=self._images(shown, rng))
@@ -81,20 +85,17 @@ class BatchTransform(grain.transforms.RandomMap):
     images = normalize_images(self.items.images[item_ids])
     return augment_images(images, rng) if self.augment else images
 
-  def _sample_co_items(self, users, item_ids, rng):
-    """One uniformly random other train item of each user; -1 if none."""
-    hist = self.histories[users]
-    ok = (hist >= 0) & (hist != item_ids[:, None])
+  @staticmethod
+  def _sample_co_items(hist, ok, rng):
+    """One uniformly random entry of each row of hist where ok; -1 if none."""
     key = np.where(ok, rng.random(hist.shape), -1.0)
     pick = np.argmax(key, axis=1)
-    co = hist[np.arange(len(users)), pick]
+    co = hist[np.arange(len(hist)), pick]
     return np.where(ok.any(1), co, -1).astype(np.int32)
 
-  def _sample_histories(self, users, item_ids, rng):
-    """Up to history_len random train items of each user, in time order,
-    never the target itself; -1 pads."""
-    hist = self.histories[users]
-    ok = (hist >= 0) & (hist != item_ids[:, None])
+  def _sample_histories(self, hist, ok, rng):
+    """Up to history_len random entries of each row of hist where ok (the
+    user's train items but the target), in time order; -1 pads."""
     key = np.where(ok, rng.random(hist.shape), np.inf)
     pick = np.sort(np.argsort(key, axis=1)[:, :self.history_len], axis=1)
     picked = np.take_along_axis(hist, pick, 1)

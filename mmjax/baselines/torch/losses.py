@@ -15,9 +15,12 @@ def pair_mask(ids):
   return (ids[:, None] != ids[None, :]) | torch.eye(len(ids), dtype=torch.bool, device=ids.device)
 
 
-def diag_softmax_xent(logits, allowed):
-  lse = logits.masked_fill(~allowed, float("-inf")).logsumexp(1)
-  return (lse - logits.diagonal()).mean()
+def diag_softmax_xent(logits, allowed, rows=None):
+  """Mean diagonal-target CE over all rows, or over the rows where `rows`."""
+  xent = logits.masked_fill(~allowed, float("-inf")).logsumexp(1) - logits.diagonal()
+  if rows is None:
+    return xent.mean()
+  return (xent * rows).sum() / rows.sum().clamp_min(1)
 
 
 def infonce(z_a, z_b, log_scale, ids):
@@ -94,12 +97,8 @@ def co_item_infonce(a, b, item_ids, co_item_ids, temperature):
   allowed = ~(off & ((item_ids[:, None] == co_item_ids[None, :])
                      | (co_item_ids[:, None] == co_item_ids[None, :])
                      | ~(ok[:, None] & ok[None, :])))
-
-  def xent(x, allowed):
-    lse = x.masked_fill(~allowed, float("-inf")).logsumexp(1)
-    return ((lse - x.diagonal()) * ok).sum() / ok.sum().clamp_min(1)
-
-  return 0.5 * (xent(logits, allowed) + xent(logits.T, allowed.T))
+  return 0.5 * (diag_softmax_xent(logits, allowed, ok)
+                + diag_softmax_xent(logits.T, allowed.T, ok))
 
 
 def loss_terms(model, batch: dict, loss_cfg) -> tuple[dict, dict]:
