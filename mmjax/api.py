@@ -94,10 +94,18 @@ class TrainedModel:
   def without_item_ids(self) -> "TrainedModel":
     """The same snapshot with the item-ID table zeroed: its "item" vectors
     are the normalized fused content alone."""
+    return self.with_item_id_scale(0.0)
+
+  def with_item_id_scale(self, scale: float) -> "TrainedModel":
+    """The same snapshot with the item-ID table times `scale`: its "item"
+    vectors are normalize(content + scale * ID). A diagnostic of how much of
+    the ID embeddings carries over to held-out interactions
+    (`mmjax.bench.ceiling`); the trained model is scale 1."""
     if self.item_id_table is None:
       raise MmjaxError("this model has no item-ID embeddings")
     params = jax.tree_util.tree_map_with_path(
-        lambda k, x: x * 0 if param_path(k) == self._ITEM_ID_TABLE else x, self._params)
+        lambda k, x: x * scale if param_path(k) == self._ITEM_ID_TABLE else x,
+        self._params)
     return TrainedModel(workdir=self.workdir, config=self.config,
                         summary=self.summary, catalog=self.catalog,
                         tokenizer=self.tokenizer, encoder=self._encoder,

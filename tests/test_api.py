@@ -58,6 +58,21 @@ def test_without_item_ids_scores_the_content_alone(model):
   assert not np.allclose(alone["item"], full["item"], atol=1e-3)
 
 
+def test_item_id_scale_interpolates_between_content_and_the_trained_items(model):
+  """with_item_id_scale(s): item = normalize(content + s * ID); s = 1 is the
+  trained model, and the ID table itself is left as it was."""
+  table, content = model.item_id_table, model.item_embeddings["content"]
+  same = model.with_item_id_scale(1.0)
+  np.testing.assert_allclose(same.item_embeddings["item"], model.item_embeddings["item"],
+                             atol=1e-6)
+  half = model.with_item_id_scale(0.5).item_embeddings["item"]
+  expected = content + 0.5 * table
+  np.testing.assert_allclose(
+      half, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+  assert not np.allclose(half, model.item_embeddings["item"], atol=1e-3)
+  assert np.array_equal(model.item_id_table, table)
+
+
 def test_recommend_ranks_unseen_items_by_score(model):
   user, k = 5, 7
   seen = set(model.seen(user).tolist())

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from mmjax.bench import ceiling
 
@@ -67,6 +68,15 @@ def test_benchmark_on_a_finished_run(trained_workdir, tmp_path):
       {"item_content_only", "item_id_table"} if has_ids else set())
   for v in result["variance"].values():
     assert 0 <= v["r2"] <= 1 + 1e-9 and set(v["share"]) == set(ceiling.VOCAB)
+  if has_ids:
+    # Scale 1 is the run as trained and evaluated; scale 0 is its content alone.
+    scales = {row["scale"]: row for row in result["id_scale"]}
+    assert sorted(scales) == sorted(ceiling.ID_SCALES)
+    for k in ("recall@20", "ndcg@20"):
+      assert scales[1.0]["test"][k] == pytest.approx(summary["test"][k], abs=1e-6)
+      assert scales[1.0]["valid"][k] == pytest.approx(summary["valid"][k], abs=1e-6)
+  else:
+    assert result["id_scale"] == []
   for fit in result["fits"].values():
     assert fit["penalty"] in ceiling.PENALTIES
     assert 0 <= fit["test"]["recall@20"] <= 1 and 0 <= fit["valid"]["recall@20"] <= 1

@@ -23,6 +23,9 @@ with the same masking as the run's own evaluation. Feature sets:
   item-ID embedding);
 - `run_z_text` / `run_z_image`: the run's aligned text / image vectors.
 
+`id_scale` re-scores the run with its item-ID table scaled down (valid and
+test), a check of how much of the ID embeddings generalizes.
+
 With the run's own test metrics and the oracle beside them, it says whether a
 gap to the oracle lies in the item features or in what ~24 train interactions
 per user can tell about a user.
@@ -54,6 +57,7 @@ from mmjax.eval.metrics import pad_lists, ranking_metrics, topk_from_scores
 
 PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0)
 KS = (10, 20, 50)
+ID_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def one_hot(attrs: dict, names) -> np.ndarray:
@@ -147,6 +151,24 @@ def best_fit(features, catalog) -> dict:
   return best
 
 
+def id_scale_sweep(model) -> list[dict]:
+  """The run's own valid/test metrics with its item-ID table scaled by each
+  of ID_SCALES (item = normalize(content + s * ID); s = 1 is the run).
+
+  Where a scale below 1 scores held-out interactions better, part of what
+  the ID embeddings learned fits the train interactions only."""
+  catalog = model.catalog
+  exclude = pad_lists(catalog.user_histories(TRAIN))
+  valid, test = (pad_lists(catalog.user_histories(s)) for s in (VALID, TEST))
+  rows = []
+  for scale in ID_SCALES:
+    u, v = model.with_item_id_scale(scale).scoring_vectors
+    top = topk_from_scores(u @ v.T, exclude, max(KS))
+    rows.append(dict(scale=scale, valid=ranking_metrics(top, valid, KS),
+                     test=ranking_metrics(top, test, KS)))
+  return rows
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workdir", required=True, help="a finished run on the synthetic catalog")
@@ -178,12 +200,13 @@ def main(argv=None):
         np.linalg.norm(content, axis=1, keepdims=True), 1e-6)
     vectors["item_id_table"] = model.item_id_table
   variance = {name: attribute_variance(x, attrs) for name, x in vectors.items()}
+  id_scales = id_scale_sweep(model) if model.item_id_table is not None else []
   if "item_content_only" in vectors:   # How far the IDs turn the scored vectors.
     variance["item_content_only"]["mean_cos_to_item"] = float(np.mean(np.sum(
         vectors["item_content_only"] * vectors["item"], axis=1)))
   oracle = model.summary["oracle"]["recall@20"]
   out = dict(oracle=model.summary["oracle"], run_test=model.summary["test"], fits=fits,
-             variance=variance, seconds=time.perf_counter() - start)
+             variance=variance, id_scale=id_scales, seconds=time.perf_counter() - start)
   path = args.out or os.path.join(args.workdir, "ceiling.json")
   with open(path, "w") as f:
     json.dump(out, f, indent=1)
@@ -198,6 +221,12 @@ def main(argv=None):
   for name, v in variance.items():
     print(f"| {name} | {v['r2']:.2f} | " + " | ".join(f"{v['share'][a]:.2f}" for a in VOCAB)
           + " |")
+  if id_scales:
+    print("\n| item-ID table scale | valid recall@20 | test recall@20 | x oracle |\n"
+          "|---|---|---|---|")
+    for row in id_scales:
+      print(f"| {row['scale']:g} | {row['valid']['recall@20']:.4f} | "
+            f"{row['test']['recall@20']:.4f} | {row['test']['recall@20'] / oracle:.2f} |")
   print(f"wrote {path}")
 
 
