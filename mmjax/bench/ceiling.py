@@ -136,11 +136,15 @@ def _fit(x, users, items, penalty, *, num_users, steps, lr):
   return p["w"] @ x.T + p["b"]
 
 
+def _held_out(catalog) -> tuple:
+  """(exclude, valid, test) padded per-user lists: the run's evaluation masks."""
+  return tuple(pad_lists(catalog.user_histories(s)) for s in (TRAIN, VALID, TEST))
+
+
 def best_fit(features, catalog) -> dict:
   """Fits every penalty; the one with the best valid recall@20 gives test."""
   train = catalog.split_pairs(TRAIN)
-  exclude = pad_lists(catalog.user_histories(TRAIN))
-  valid, test = (pad_lists(catalog.user_histories(s)) for s in (VALID, TEST))
+  exclude, valid, test = _held_out(catalog)
   best = None
   for penalty in PENALTIES:
     top = topk_from_scores(fit_preferences(features, train, catalog.num_users, penalty),
@@ -157,9 +161,7 @@ def id_scale_sweep(model) -> list[dict]:
 
   Where a scale below 1 scores held-out interactions better, part of what
   the ID embeddings learned fits the train interactions only."""
-  catalog = model.catalog
-  exclude = pad_lists(catalog.user_histories(TRAIN))
-  valid, test = (pad_lists(catalog.user_histories(s)) for s in (VALID, TEST))
+  exclude, valid, test = _held_out(model.catalog)
   rows = []
   for scale in ID_SCALES:
     u, v = model.with_item_id_scale(scale).scoring_vectors
