@@ -16,7 +16,11 @@ each measured on this catalog at 600 steps (test recall@20):
   temperature 0.1 / 0.2 / 0.3 gave 0.259 / 0.264 / 0.266;
 - no MLM term (0.257 vs 0.260 with it, both with co_item): the co-item pass
   costs about what MLM's second text pass did, and this keeps the demo
-  within its time budget.
+  within its time budget;
+- model.rec.item_id_scales = (0.25, 0.5, 0.75): the item-ID embeddings fit
+  the train interactions beyond what carries over (on the run of the
+  settings above, half the ID table gave valid 0.271 / test 0.286 against
+  0.260 / 0.266 as trained), so evaluation picks the scale on valid.
 """
 
 from mmjax.config import default_config
@@ -28,6 +32,7 @@ def get_config():
   c.model.text.pooling = "mean"
   c.model.image.pooling = "mean"
   c.model.rec.user_id_embedding = False
+  c.model.rec.item_id_scales = (0.25, 0.5, 0.75)
   c.loss.co_item = 1.0
   c.loss.mlm = 0.0
   c.train.steps = 1200

@@ -28,7 +28,7 @@ from mmjax.data.catalog import TRAIN
 from mmjax.data.features import normalize_images
 from mmjax.data.pipeline import text_tokenizer
 from mmjax.errors import MmjaxError
-from mmjax.eval.evaluate import Encoder
+from mmjax.eval.evaluate import ITEM_ID_TABLE, Encoder, scale_item_id_table
 from mmjax.eval.metrics import topk_from_embeddings
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import mesh as mesh_lib
@@ -81,14 +81,13 @@ class TrainedModel:
                         tokenizer=self.tokenizer, encoder=self._encoder,
                         params=params, rest=rest, step=0)
 
-  _ITEM_ID_TABLE = "rec/item_id_embed/embedding"
-
   @functools.cached_property
   def item_id_table(self) -> np.ndarray | None:
-    """(N, dim) learned item-ID embeddings (added to the fused content
-    before normalization), or None for a model without them."""
+    """(N, dim) item-ID embeddings as this snapshot adds them to the fused
+    content before normalization (times the run's chosen
+    `item_id_scale`, if any), or None for a model without them."""
     leaves = jax.tree_util.tree_flatten_with_path(self._params)[0]
-    found = [x for k, x in leaves if param_path(k) == self._ITEM_ID_TABLE]
+    found = [x for k, x in leaves if param_path(k) == ITEM_ID_TABLE]
     return np.asarray(found[0]) if found else None
 
   def without_item_ids(self) -> "TrainedModel":
@@ -98,14 +97,12 @@ class TrainedModel:
 
   def with_item_id_scale(self, scale: float) -> "TrainedModel":
     """The same snapshot with the item-ID table times `scale`: its "item"
-    vectors are normalize(content + scale * ID). A diagnostic of how much of
-    the ID embeddings carries over to held-out interactions
-    (`mmjax.bench.ceiling`); the trained model is scale 1."""
+    vectors are normalize(content + scale * ID), relative to this snapshot
+    (scale 1 is the model as loaded). A diagnostic of how much of the ID
+    embeddings carries over to held-out interactions (`mmjax.bench.ceiling`)."""
     if self.item_id_table is None:
       raise MmjaxError("this model has no item-ID embeddings")
-    params = jax.tree_util.tree_map_with_path(
-        lambda k, x: x * scale if param_path(k) == self._ITEM_ID_TABLE else x,
-        self._params)
+    params = scale_item_id_table(self._params, scale)
     return TrainedModel(workdir=self.workdir, config=self.config,
                         summary=self.summary, catalog=self.catalog,
                         tokenizer=self.tokenizer, encoder=self._encoder,
@@ -330,6 +327,16 @@ def load(workdir: str, step: int | None = None) -> TrainedModel:
       workdir=workdir, config=config, summary=summary, catalog=catalog,
       tokenizer=tokenizer, step=int(restored["step"]),
       encoder=Encoder(graphdef, mesh, config.train.eval_batch_size),
-      params=put(restored["params"]), rest=put(restored["rest"]),
-      initial=(put(state["params"]), put(state["rest"])))
+      params=put(_as_evaluated(restored["params"], int(restored["step"]), summary)),
+      rest=put(restored["rest"]), initial=(put(state["params"]), put(state["rest"])))
+
+
+def _as_evaluated(params, step: int, summary: dict):
+  """The final step's params with the item-ID scale the run chose on valid
+  (config.model.rec.item_id_scales), as its summary.json reports them; any
+  other step's as trained."""
+  chosen = summary.get("item_id_scale", {}).get("chosen")
+  if chosen is None or step != summary.get("train", {}).get("steps"):
+    return params
+  return scale_item_id_table(params, chosen)
 

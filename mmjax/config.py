@@ -78,7 +78,11 @@ def default_config() -> ConfigDict:
       item_id_embedding=True, user_id_embedding=True,
       history="memory",    # "memory" (item-vector bank) or "embedding".
       item_bias=True,      # A learned per-item score offset (popularity).
-      temperature=0.1))    # score = cos(user, item) / temperature [+ bias].
+      temperature=0.1,     # score = cos(user, item) / temperature [+ bias].
+      # After training, the item-ID table is scaled by whichever of these
+      # (and 1) scores best on valid recall@20, for evaluation and inference
+      # (the checkpoint keeps it as trained); () leaves it as trained.
+      item_id_scales=()))
 
   c.loss = ConfigDict()
   # Weights of the terms of the one objective; 0 switches a term off.
@@ -218,6 +222,13 @@ def validate(config: ConfigDict) -> None:
     raise MmjaxError(f"config.data.mlm_prob={config.data.mlm_prob} must be in [0, 1)")
   if config.model.rec.temperature <= 0:
     raise MmjaxError("config.model.rec.temperature must be > 0")
+  scales = config.model.rec.item_id_scales
+  if not all(isinstance(s, (int, float)) and s >= 0 for s in scales):
+    raise MmjaxError(f"config.model.rec.item_id_scales={tuple(scales)} must be "
+                     "numbers >= 0")
+  if scales and not config.model.rec.item_id_embedding:
+    raise MmjaxError("config.model.rec.item_id_scales needs "
+                     "config.model.rec.item_id_embedding=True")
   raw = config.data.raw
   if config.data.name == "raw" and not (
       0 < raw.valid_fraction and 0 < raw.test_fraction

@@ -73,6 +73,36 @@ def test_item_id_scale_interpolates_between_content_and_the_trained_items(model)
   assert np.array_equal(model.item_id_table, table)
 
 
+def test_the_run_reports_the_item_id_scale_valid_chose(model):
+  """summary.json: the chosen scale has the best valid recall@20 (1 on
+  ties), and its metrics are the run's valid and test figures."""
+  scale = model.summary["item_id_scale"]
+  valid, test = scale["recall_at_20"]["valid"], scale["recall_at_20"]["test"]
+  assert set(valid) == set(test) == {"1", "0.5"}
+  key = f"{scale['chosen']:g}"
+  assert valid[key] == max(valid.values())
+  assert scale["chosen"] == 1.0 or valid[key] > valid["1"]
+  assert model.summary["valid"]["recall@20"] == valid[key]
+  assert model.summary["test"]["recall@20"] == test[key]
+
+
+def test_load_applies_the_chosen_item_id_scale_to_the_final_step_only(
+    model, trained_workdir, tmp_path):
+  """A run whose summary chose 0.5 loads with half its ID table at its final
+  step; a checkpoint that is not the final step loads as trained."""
+  copy = tmp_path / "run"
+  shutil.copytree(trained_workdir, copy)
+  summary = json.loads((copy / "summary.json").read_text())
+  trained_table = model.item_id_table / summary["item_id_scale"]["chosen"]
+  summary["item_id_scale"]["chosen"] = 0.5
+  (copy / "summary.json").write_text(json.dumps(summary))
+  np.testing.assert_allclose(mmjax.load(copy).item_id_table, 0.5 * trained_table,
+                             rtol=1e-6)
+  summary["train"]["steps"] += 1   # The checkpoint is now not the final step.
+  (copy / "summary.json").write_text(json.dumps(summary))
+  np.testing.assert_allclose(mmjax.load(copy).item_id_table, trained_table, rtol=1e-6)
+
+
 def test_recommend_ranks_unseen_items_by_score(model):
   user, k = 5, 7
   seen = set(model.seen(user).tolist())

@@ -25,6 +25,8 @@ def test_tree_is_locked():
     ("data.mlm_prob", 1.5, "data.mlm_prob"),
     ("model.image.patch_size", 5, "patch_size"),
     ("model.text.heads", 3, "model.text.hidden"),
+    ("model.rec.item_id_scales", (0.5, -1.0), "model.rec.item_id_scales"),
+    ("model.rec.item_id_scales", ("half",), "model.rec.item_id_scales"),
 ])
 def test_bad_values_name_the_key(path, value, needle):
   c = default_config()
@@ -41,3 +43,12 @@ def test_unknown_override_keys():
   argv = ["x", "--config.train.steps=3", "--config.train.stepz=4", "--config.nope.a=1",
           "--workdir=/tmp"]
   assert unknown_override_keys(default_config(), argv) == ["train.stepz", "nope.a"]
+
+
+def test_item_id_scales_need_the_item_id_embedding():
+  c = default_config()
+  c.model.rec.item_id_scales = (0.5,)
+  validate(c)
+  c.model.rec.item_id_embedding = False
+  with pytest.raises(MmjaxError, match="item_id_embedding"):
+    validate(c)

@@ -21,6 +21,7 @@ def tiny_config():
   c.loss.bpr = 0.1
   c.loss.bce = 0.1
   c.loss.co_item = 0.1
+  c.model.rec.item_id_scales = (0.5,)
   c.train.steps = 6
   c.train.batch_size = 16
   c.train.warmup_steps = 2

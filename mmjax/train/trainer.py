@@ -13,7 +13,8 @@ from mmjax.data import raw, store
 from mmjax.data.pipeline import text_tokenizer, train_dataset
 from mmjax.data.synthetic import SyntheticSpec
 from mmjax.errors import MmjaxError
-from mmjax.eval.evaluate import Encoder, all_item_vectors, baselines, evaluate
+from mmjax.eval.evaluate import (Encoder, all_item_vectors, baselines, evaluate,
+                                 evaluate_item_id_scales)
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import guard
 from mmjax.train import mesh as mesh_lib
@@ -224,9 +225,17 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
 
   log("evaluating ...")
   t_eval = time.time()
-  result = evaluate(graphdef, state["params"], state["rest"], catalog, tokenizer,
-                    mesh, history_len=config.data.history_len,
-                    batch_size=config.train.eval_batch_size, encoder=encoder)
+  eval_kw = dict(history_len=config.data.history_len,
+                 batch_size=config.train.eval_batch_size, encoder=encoder)
+  id_scale = None
+  if config.model.rec.item_id_scales:
+    chosen, result, table = evaluate_item_id_scales(
+        graphdef, state["params"], state["rest"], catalog, tokenizer, mesh,
+        config.model.rec.item_id_scales, **eval_kw)
+    id_scale = dict(chosen=chosen, recall_at_20=table)
+  else:
+    result = evaluate(graphdef, state["params"], state["rest"], catalog, tokenizer,
+                      mesh, **eval_kw)
   result.update(baselines(catalog))
   result["retrieval"]["chance_r@1"] = 1.0 / catalog.num_items
   result["ratios"] = {
@@ -240,6 +249,8 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
                  examples_per_sec=examples / max(seconds, 1e-9) if examples else 0.0,
                  flops_per_step=flops, eval_seconds=time.time() - t_eval),
       config=config.to_dict())
+  if id_scale is not None:
+    summary["item_id_scale"] = id_scale
   ckpt.close()
   writer.close()
   write_outputs(workdir, summary, writer.path, format_summary, log)
@@ -277,6 +288,10 @@ def format_summary(s: dict) -> str:
   r = s["retrieval"]
   lines.append(f"  text->image R@1 {r['t2i_r@1']:.3f}  R@10 {r['t2i_r@10']:.3f}  "
                f"image->text R@1 {r['i2t_r@1']:.3f}  (chance {r['chance_r@1']:.4f})")
+  if "item_id_scale" in s:
+    scale = s["item_id_scale"]
+    tried = ", ".join(f"{k}: {v:.4f}" for k, v in scale["recall_at_20"]["valid"].items())
+    lines.append(f"  item-ID table scaled by {scale['chosen']:g} (valid recall@20 {tried})")
   t = s["train"]
   lines.append(f"  train: {t['steps']} steps, {t['examples_per_sec']:.0f} ex/s, "
                f"{t['seconds']:.0f}s")
