@@ -37,6 +37,10 @@ class Encoder:
       return model.encode_items(tokens, mask, images, ids)
 
     @functools.partial(jax.jit, out_shardings=rep)
+    def item_vectors(params, rest, content, ids):
+      return nnx.merge(graphdef, params, rest).rec.item_vectors(content, ids)
+
+    @functools.partial(jax.jit, out_shardings=rep)
     def users(params, rest, user_ids, history, item_table):
       model = nnx.merge(graphdef, params, rest)
       return model.encode_users(user_ids, history, item_table)
@@ -57,7 +61,7 @@ class Encoder:
 
     self.scoring = scoring
     self._items, self._users, self._data = items, users, data
-    self._texts, self._images = texts, images
+    self._texts, self._images, self._item_vectors = texts, images, item_vectors
 
   def _apply(self, jitted, params, rest, arrays, *replicated_args):
     """jitted over batches of `arrays`, each batch sharded on `data`."""
@@ -68,6 +72,12 @@ class Encoder:
   def items(self, params, rest, tokens, mask, images):
     ids = np.arange(len(tokens), dtype=np.int32)
     return self._apply(self._items, params, rest, (tokens, mask, images, ids))
+
+  def item_vectors(self, params, rest, content):
+    """Item vectors of already encoded content (N, dim), e.g. to re-weigh
+    the item-ID table without running the encoders again."""
+    ids = np.arange(len(content), dtype=np.int32)
+    return self._apply(self._item_vectors, params, rest, (np.asarray(content), ids))
 
   def users(self, params, rest, histories: np.ndarray, item_table: np.ndarray):
     ids = np.arange(len(histories), dtype=np.int32)
@@ -110,15 +120,21 @@ def evaluate(graphdef, params, rest, catalog, tokenizer: TextTokenizer, mesh,
   pass the run's `encoder` to reuse its compiled functions."""
   encoder = encoder or Encoder(graphdef, mesh, batch_size)
   items = all_item_vectors(encoder, params, rest, catalog, tokenizer)
+  return dict(_ranking(encoder, params, rest, catalog, items["item"], history_len),
+              retrieval=text_image_retrieval(items["z_text"], items["z_image"]))
+
+
+def _ranking(encoder: Encoder, params, rest, catalog, item_vectors, history_len: int) -> dict:
+  """valid/test full-ranking metrics of the users' pooled train histories
+  against `item_vectors`, train items masked."""
   users = encoder.users(params, rest, catalog.user_histories(TRAIN, max_len=history_len),
-                        items["item"])
+                        item_vectors)
   exclude = pad_lists(catalog.user_histories(TRAIN))
-  u, v = jax.device_get(encoder.scoring(params, rest, users, items["item"]))
+  u, v = jax.device_get(encoder.scoring(params, rest, users, item_vectors))
   topk = np.asarray(topk_from_embeddings(u, v, exclude, max(KS)))
   return dict(
       valid=ranking_metrics(topk, pad_lists(catalog.user_histories(VALID)), KS),
-      test=ranking_metrics(topk, pad_lists(catalog.user_histories(TEST)), KS),
-      retrieval=text_image_retrieval(items["z_text"], items["z_image"]))
+      test=ranking_metrics(topk, pad_lists(catalog.user_histories(TEST)), KS))
 
 
 def scale_item_id_table(params, scale: float):
@@ -129,7 +145,8 @@ def scale_item_id_table(params, scale: float):
 
 
 def evaluate_item_id_scales(graphdef, params, rest, catalog, tokenizer, mesh, scales,
-                            **kwargs) -> tuple[float, dict, dict]:
+                            *, history_len: int, batch_size: int,
+                            encoder: Encoder | None = None) -> tuple[float, dict, dict]:
   """`evaluate` with the item-ID table scaled by each of `scales` and by 1.
 
   The item-ID embeddings fit the train interactions beyond what carries over
@@ -141,8 +158,18 @@ def evaluate_item_id_scales(graphdef, params, rest, catalog, tokenizer, mesh, sc
   recall@20}} for every scale tried).
   """
   grid = [1.0] + sorted({float(s) for s in scales} - {1.0})
-  results = {s: evaluate(graphdef, scale_item_id_table(params, s), rest, catalog,
-                         tokenizer, mesh, **kwargs) for s in grid}
+  encoder = encoder or Encoder(graphdef, mesh, batch_size)
+  # The encoders do not see the ID table: encode the catalog once and only
+  # re-add the scaled IDs per scale.
+  items = all_item_vectors(encoder, params, rest, catalog, tokenizer)
+  retrieval = text_image_retrieval(items["z_text"], items["z_image"])
+  results = {}
+  for s in grid:
+    scaled = scale_item_id_table(params, s)
+    vectors = (items["item"] if s == 1.0 else
+               encoder.item_vectors(scaled, rest, items["content"]))
+    results[s] = dict(_ranking(encoder, scaled, rest, catalog, vectors, history_len),
+                      retrieval=retrieval)
   chosen = max(grid, key=lambda s: results[s]["valid"]["recall@20"])  # 1 first.
   table = {split: {f"{s:g}": results[s][split]["recall@20"] for s in grid}
            for split in ("valid", "test")}
