@@ -28,12 +28,13 @@ from mmjax.data.catalog import TRAIN
 from mmjax.data.features import normalize_images
 from mmjax.data.pipeline import text_tokenizer
 from mmjax.errors import MmjaxError
-from mmjax.eval.evaluate import ITEM_ID_TABLE, Encoder, scale_item_id_table
+from mmjax.eval import item_id_table
+from mmjax.eval.evaluate import Encoder
 from mmjax.eval.metrics import topk_from_embeddings
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import mesh as mesh_lib
 from mmjax.train.checkpoint import Checkpointer
-from mmjax.train.optimizer import make_optimizer, param_path
+from mmjax.train.optimizer import make_optimizer
 from mmjax.train.step import init_state
 from mmjax.train.trainer import resolve_data_dir
 
@@ -84,11 +85,9 @@ class TrainedModel:
   @functools.cached_property
   def item_id_table(self) -> np.ndarray | None:
     """(N, dim) item-ID embeddings as this snapshot adds them to the fused
-    content before normalization (times the run's chosen
-    `item_id_scale`, if any), or None for a model without them."""
-    leaves = jax.tree_util.tree_flatten_with_path(self._params)[0]
-    found = [x for k, x in leaves if param_path(k) == ITEM_ID_TABLE]
-    return np.asarray(found[0]) if found else None
+    content before normalization (after the run's chosen `item_id_table`
+    transform, if any), or None for a model without them."""
+    return item_id_table.id_table(self._params)
 
   def without_item_ids(self) -> "TrainedModel":
     """The same snapshot with the item-ID table zeroed: its "item" vectors
@@ -102,7 +101,8 @@ class TrainedModel:
     embeddings carries over to held-out interactions (`mmjax.bench.ceiling`)."""
     if self.item_id_table is None:
       raise MmjaxError("this model has no item-ID embeddings")
-    params = scale_item_id_table(self._params, scale)
+    params = item_id_table.transform_params(
+        self._params, item_id_table.TableTransform.scaled(scale))
     return TrainedModel(workdir=self.workdir, config=self.config,
                         summary=self.summary, catalog=self.catalog,
                         tokenizer=self.tokenizer, encoder=self._encoder,
@@ -123,7 +123,7 @@ class TrainedModel:
   def user_embeddings(self) -> np.ndarray:
     """(U, dim) user vectors from each user's train history (as evaluated)."""
     histories = self.catalog.user_histories(
-        TRAIN, max_len=self.config.data.history_len)
+        TRAIN, max_len=config_lib.eval_history_len(self.config.data))
     return np.asarray(self._encoder.users(
         self._params, self._rest, histories, self.item_embeddings["item"]))
 
@@ -332,11 +332,14 @@ def load(workdir: str, step: int | None = None) -> TrainedModel:
 
 
 def _as_evaluated(params, step: int, summary: dict):
-  """The final step's params with the item-ID scale the run chose on valid
-  (config.model.rec.item_id_scales), as its summary.json reports them; any
-  other step's as trained."""
-  chosen = summary.get("item_id_scale", {}).get("chosen")
+  """The final step's params with the item-ID table transform the run chose
+  on valid (config.model.rec.item_id_scales / item_id_clusters), as its
+  summary.json reports it; any other step's as trained."""
+  chosen = summary.get("item_id_table", {}).get("chosen")
+  if chosen is None and "item_id_scale" in summary:   # Older runs: a plain scale.
+    chosen = item_id_table.TableTransform.scaled(summary["item_id_scale"]["chosen"]).to_dict()
   if chosen is None or step != summary.get("train", {}).get("steps"):
     return params
-  return scale_item_id_table(params, chosen)
+  return item_id_table.transform_params(
+      params, item_id_table.TableTransform.from_dict(chosen))
 

@@ -45,6 +45,10 @@ def default_config() -> ConfigDict:
       tokenizer_vocab=4096))
   c.data.max_text_len = 32
   c.data.history_len = 20     # Train items pooled by the user tower.
+  # Evaluation and inference pool each user's last N train items (0: as many
+  # as data.history_len). Training samples history_len at random per step; at
+  # evaluation a longer history gives a steadier mean.
+  c.data.eval_history_len = 0
   c.data.mlm_prob = 0.15
   c.data.mlm_max_predictions = 4  # Per text; BERT's max_predictions_per_seq.
   c.data.augment = True
@@ -79,10 +83,13 @@ def default_config() -> ConfigDict:
       history="memory",    # "memory" (item-vector bank) or "embedding".
       item_bias=True,      # A learned per-item score offset (popularity).
       temperature=0.1,     # score = cos(user, item) / temperature [+ bias].
-      # After training, the item-ID table is scaled by whichever of these
-      # (and 1) scores best on valid recall@20, for evaluation and inference
-      # (the checkpoint keeps it as trained); () leaves it as trained.
-      item_id_scales=()))
+      # After training, evaluation tries the item-ID table scaled by each of
+      # these (and 1) and, per count in item_id_clusters, shrunk toward its
+      # k-means centroids (eval/item_id_table.py); the best on valid
+      # recall@20 is used for evaluation and inference (the checkpoint
+      # keeps the table as trained). () and () leave it as trained.
+      item_id_scales=(),
+      item_id_clusters=()))
 
   c.loss = ConfigDict()
   # Weights of the terms of the one objective; 0 switches a term off.
@@ -193,10 +200,16 @@ _NON_NEGATIVE = (
     "loss.softmax", "loss.bpr", "loss.bce", "loss.co_item", "loss.orthogonality",
     "loss.pretrain_steps", "train.warmup_steps", "train.weight_decay",
     "train.grad_clip", "data.worker_count", "train.max_skipped_steps",
+    "data.eval_history_len",
     "train.unfreeze_last_blocks",
     "frozen.content_weight", "frozen.init_std", "frozen.layers", "frozen.knn_k",
     "frozen.item_layers", "frozen.patience",
 )
+
+
+def eval_history_len(data_cfg: ConfigDict) -> int:
+  """How many of a user's last train items evaluation and inference pool."""
+  return data_cfg.eval_history_len or data_cfg.history_len
 
 
 def get(config: ConfigDict, path: str):
@@ -226,9 +239,15 @@ def validate(config: ConfigDict) -> None:
   if not all(isinstance(s, (int, float)) and s >= 0 for s in scales):
     raise MmjaxError(f"config.model.rec.item_id_scales={tuple(scales)} must be "
                      "numbers >= 0")
-  if scales and not config.model.rec.item_id_embedding:
-    raise MmjaxError("config.model.rec.item_id_scales needs "
-                     "config.model.rec.item_id_embedding=True")
+  clusters = config.model.rec.item_id_clusters
+  if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 2
+             for k in clusters):
+    raise MmjaxError(f"config.model.rec.item_id_clusters={tuple(clusters)} must be "
+                     "integers >= 2")
+  for path, value in (("item_id_scales", scales), ("item_id_clusters", clusters)):
+    if value and not config.model.rec.item_id_embedding:
+      raise MmjaxError(f"config.model.rec.{path} needs "
+                       "config.model.rec.item_id_embedding=True")
   raw = config.data.raw
   if config.data.name == "raw" and not (
       0 < raw.valid_fraction and 0 < raw.test_fraction

@@ -11,6 +11,7 @@ from PIL import Image
 import mmjax
 from mmjax.data.catalog import TEST, TRAIN
 from mmjax.errors import MmjaxError
+from mmjax.eval.item_id_table import TableTransform
 from mmjax.eval.metrics import pad_lists, ranking_metrics, topk_from_embeddings
 
 
@@ -28,6 +29,16 @@ def test_loaded_model_reproduces_the_runs_test_metrics(model, trained_workdir):
   got = ranking_metrics(topk, pad_lists(model.catalog.user_histories(TEST)))
   for k in ("recall@20", "ndcg@20", "recall@50"):
     assert got[k] == pytest.approx(summary["test"][k], abs=1e-6)
+
+
+def test_users_pool_their_last_eval_history_len_train_items(model):
+  """The tiny config trains on 4-item histories and evaluates on the last 8."""
+  assert (model.config.data.history_len, model.config.data.eval_history_len) == (4, 8)
+  pooled = {n: model._encoder.users(
+      model._params, model._rest, model.catalog.user_histories(TRAIN, max_len=n),
+      model.item_embeddings["item"]) for n in (4, 8)}
+  np.testing.assert_allclose(model.user_embeddings, pooled[8], atol=1e-6)
+  assert not np.allclose(model.user_embeddings, pooled[4], atol=1e-3)
 
 
 def test_initial_model_is_rebuilt_and_differs(model):
@@ -73,34 +84,58 @@ def test_item_id_scale_interpolates_between_content_and_the_trained_items(model)
   assert np.array_equal(model.item_id_table, table)
 
 
-def test_the_run_reports_the_item_id_scale_valid_chose(model):
-  """summary.json: the chosen scale has the best valid recall@20 (1 on
-  ties), and its metrics are the run's valid and test figures."""
-  scale = model.summary["item_id_scale"]
-  valid, test = scale["recall_at_20"]["valid"], scale["recall_at_20"]["test"]
-  assert set(valid) == set(test) == {"1", "0.5"}
-  key = f"{scale['chosen']:g}"
-  assert valid[key] == max(valid.values())
-  assert scale["chosen"] == 1.0 or valid[key] > valid["1"]
-  assert model.summary["valid"]["recall@20"] == valid[key]
-  assert model.summary["test"]["recall@20"] == test[key]
+def test_the_run_reports_the_item_id_table_valid_chose(model):
+  """summary.json: every candidate of the tiny config was tried; the chosen
+  one has the best valid recall@20 (the table as trained wins ties), and its
+  metrics are the run's valid and test figures."""
+  report = model.summary["item_id_table"]
+  valid, test = report["recall_at_20"]["valid"], report["recall_at_20"]["test"]
+  assert list(valid) == list(test) == [
+      "1", "0.5", "k3:0.5/0", "k3:1/0", "k3:1/0.5"]
+  chosen = TableTransform.from_dict(report["chosen"])
+  assert chosen.label == report["label"]
+  assert valid[chosen.label] == max(valid.values())
+  assert chosen.label == "1" or valid[chosen.label] > valid["1"]
+  assert model.summary["valid"]["recall@20"] == valid[chosen.label]
+  assert model.summary["test"]["recall@20"] == test[chosen.label]
 
 
-def test_load_applies_the_chosen_item_id_scale_to_the_final_step_only(
-    model, trained_workdir, tmp_path):
-  """A run whose summary chose 0.5 loads with half its ID table at its final
-  step; a checkpoint that is not the final step loads as trained."""
+@pytest.mark.parametrize("chosen", [TableTransform.scaled(0.5),
+                                    TableTransform(3, 1.0, 0.5)])
+def test_load_applies_the_chosen_item_id_table_to_the_final_step_only(
+    trained_workdir, tmp_path, chosen):
+  """A run whose summary chose a transform loads with it applied to its ID
+  table at its final step; a checkpoint that is not the final step loads as
+  trained."""
   copy = tmp_path / "run"
   shutil.copytree(trained_workdir, copy)
   summary = json.loads((copy / "summary.json").read_text())
-  trained_table = model.item_id_table / summary["item_id_scale"]["chosen"]
-  summary["item_id_scale"]["chosen"] = 0.5
-  (copy / "summary.json").write_text(json.dumps(summary))
-  np.testing.assert_allclose(mmjax.load(copy).item_id_table, 0.5 * trained_table,
-                             rtol=1e-6)
+  summary["item_id_table"]["chosen"] = chosen.to_dict()
   summary["train"]["steps"] += 1   # The checkpoint is now not the final step.
   (copy / "summary.json").write_text(json.dumps(summary))
-  np.testing.assert_allclose(mmjax.load(copy).item_id_table, trained_table, rtol=1e-6)
+  trained_table = mmjax.load(copy).item_id_table
+  summary["train"]["steps"] -= 1
+  (copy / "summary.json").write_text(json.dumps(summary))
+  np.testing.assert_allclose(mmjax.load(copy).item_id_table,
+                             chosen.apply(trained_table), rtol=1e-6, atol=1e-7)
+  assert not np.allclose(chosen.apply(trained_table), trained_table, atol=1e-4)
+
+
+def test_load_reads_the_item_id_scale_of_older_runs(trained_workdir, tmp_path):
+  """Runs from before item_id_clusters reported `item_id_scale`: its scale is
+  still applied."""
+  copy = tmp_path / "run"
+  shutil.copytree(trained_workdir, copy)
+  summary = json.loads((copy / "summary.json").read_text())
+  summary.pop("item_id_table")
+  summary["train"]["steps"] += 1
+  (copy / "summary.json").write_text(json.dumps(summary))
+  trained_table = mmjax.load(copy).item_id_table
+  summary["train"]["steps"] -= 1
+  summary["item_id_scale"] = {"chosen": 0.25}
+  (copy / "summary.json").write_text(json.dumps(summary))
+  np.testing.assert_allclose(mmjax.load(copy).item_id_table, 0.25 * trained_table,
+                             rtol=1e-6)
 
 
 def test_recommend_ranks_unseen_items_by_score(model):

@@ -78,6 +78,13 @@ def test_unwritable_workdir(train, tmp_path, data_dir):
            "workdir is not writable", str(tmp_path / "file" / "run"))
 
 
+def test_more_item_id_clusters_than_items(train, tmp_path, data_dir):
+  _refused(train(tmp_path / "run", f"data.dir={data_dir}",
+                 "model.rec.item_id_clusters=(4,100000)"),
+           "config.model.rec.item_id_clusters=(100000,)", "more clusters than the")
+  assert not (tmp_path / "run").exists()
+
+
 def test_verbose_shows_the_traceback(train, tmp_path):
   with pytest.raises(MmjaxError, match="data dir not found"):
     train(tmp_path / "run", f"data.dir={tmp_path}/nope", verbose=True)

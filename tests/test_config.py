@@ -27,6 +27,10 @@ def test_tree_is_locked():
     ("model.text.heads", 3, "model.text.hidden"),
     ("model.rec.item_id_scales", (0.5, -1.0), "model.rec.item_id_scales"),
     ("model.rec.item_id_scales", ("half",), "model.rec.item_id_scales"),
+    ("model.rec.item_id_clusters", (1,), "model.rec.item_id_clusters"),
+    ("data.eval_history_len", -1, "data.eval_history_len"),
+    ("model.rec.item_id_clusters", (2.5,), "model.rec.item_id_clusters"),
+    ("model.rec.item_id_clusters", (True,), "model.rec.item_id_clusters"),
 ])
 def test_bad_values_name_the_key(path, value, needle):
   c = default_config()
@@ -45,10 +49,12 @@ def test_unknown_override_keys():
   assert unknown_override_keys(default_config(), argv) == ["train.stepz", "nope.a"]
 
 
-def test_item_id_scales_need_the_item_id_embedding():
+@pytest.mark.parametrize("key,value", [("item_id_scales", (0.5,)),
+                                       ("item_id_clusters", (5,))])
+def test_item_id_table_choices_need_the_item_id_embedding(key, value):
   c = default_config()
-  c.model.rec.item_id_scales = (0.5,)
+  c.model.rec[key] = value
   validate(c)
   c.model.rec.item_id_embedding = False
-  with pytest.raises(MmjaxError, match="item_id_embedding"):
+  with pytest.raises(MmjaxError, match=f"{key} needs .*item_id_embedding"):
     validate(c)

@@ -11,6 +11,7 @@ def tiny_config():
   c.data.synthetic.interactions_per_user = 12
   c.data.max_text_len = 16
   c.data.history_len = 4
+  c.data.eval_history_len = 8
   c.data.num_threads = 1
   c.model.dim = 16
   c.model.text.update(hidden=16, layers=1, heads=2, mlp_dim=32)
@@ -22,6 +23,7 @@ def tiny_config():
   c.loss.bce = 0.1
   c.loss.co_item = 0.1
   c.model.rec.item_id_scales = (0.5,)
+  c.model.rec.item_id_clusters = (3,)
   c.train.steps = 6
   c.train.batch_size = 16
   c.train.warmup_steps = 2

@@ -16,12 +16,12 @@ from mmjax.data.catalog import TEST, TRAIN, VALID
 from mmjax.data.features import TextTokenizer, normalize_images
 from mmjax.eval.metrics import (batched_apply, pad_lists, ranking_metrics,
                                 topk_from_embeddings, topk_from_scores)
+from mmjax.eval import item_id_table
+from mmjax.eval.item_id_table import TableTransform
 from mmjax.eval.retrieval import text_image_retrieval
 from mmjax.train import mesh as mesh_lib
-from mmjax.train.optimizer import param_path
 
 KS = (10, 20, 50)
-ITEM_ID_TABLE = "rec/item_id_embed/embedding"   # Its parameter path.
 
 
 class Encoder:
@@ -137,40 +137,35 @@ def _ranking(encoder: Encoder, params, rest, catalog, item_vectors, history_len:
       test=ranking_metrics(topk, pad_lists(catalog.user_histories(TEST)), KS))
 
 
-def scale_item_id_table(params, scale: float):
-  """params with the item-ID table times `scale`: item vectors become
-  normalize(content + scale * ID)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda k, x: x * scale if param_path(k) == ITEM_ID_TABLE else x, params)
+def evaluate_item_id_tables(graphdef, params, rest, catalog, tokenizer, mesh,
+                            transforms, *, history_len: int, batch_size: int,
+                            encoder: Encoder | None = None
+                            ) -> tuple[TableTransform, dict, dict]:
+  """`evaluate` with each of `transforms` (item_id_table.candidates) applied
+  to the item-ID table; the first of them wins ties.
 
-
-def evaluate_item_id_scales(graphdef, params, rest, catalog, tokenizer, mesh, scales,
-                            *, history_len: int, batch_size: int,
-                            encoder: Encoder | None = None) -> tuple[float, dict, dict]:
-  """`evaluate` with the item-ID table scaled by each of `scales` and by 1.
-
-  The item-ID embeddings fit the train interactions beyond what carries over
-  to held-out ones; scaling them down after training can score better. The
-  scale is picked by valid recall@20 (1, the model as trained, on ties), so
-  test stays untouched by the choice.
-
-  Returns (chosen scale, its `evaluate` result, {"valid"/"test": {scale:
-  recall@20}} for every scale tried).
+  The choice is made on valid recall@20, so test stays untouched by it.
+  Returns (the chosen transform, its `evaluate` result, {"valid"/"test":
+  {label: recall@20}} for every transform tried).
   """
-  grid = [1.0] + sorted({float(s) for s in scales} - {1.0})
   encoder = encoder or Encoder(graphdef, mesh, batch_size)
   # The encoders do not see the ID table: encode the catalog once and only
-  # re-add the scaled IDs per scale.
+  # re-add the transformed IDs per candidate.
   items = all_item_vectors(encoder, params, rest, catalog, tokenizer)
   retrieval = text_image_retrieval(items["z_text"], items["z_image"])
+  table = item_id_table.id_table(params)
+  labels = {k: item_id_table.cluster_labels(table, k)
+            for k in sorted({t.clusters for t in transforms} - {0})}
   results = {}
-  for s in grid:
-    scaled = scale_item_id_table(params, s)
-    vectors = (items["item"] if s == 1.0 else
-               encoder.item_vectors(scaled, rest, items["content"]))
-    results[s] = dict(_ranking(encoder, scaled, rest, catalog, vectors, history_len),
+  for t in transforms:
+    if t == item_id_table.IDENTITY:
+      new, vectors = params, items["item"]
+    else:
+      new = item_id_table.with_id_table(params, t.apply(table, labels.get(t.clusters)))
+      vectors = encoder.item_vectors(new, rest, items["content"])
+    results[t] = dict(_ranking(encoder, new, rest, catalog, vectors, history_len),
                       retrieval=retrieval)
-  chosen = max(grid, key=lambda s: results[s]["valid"]["recall@20"])  # 1 first.
-  table = {split: {f"{s:g}": results[s][split]["recall@20"] for s in grid}
+  chosen = max(transforms, key=lambda t: results[t]["valid"]["recall@20"])
+  tried = {split: {t.label: results[t][split]["recall@20"] for t in transforms}
            for split in ("valid", "test")}
-  return chosen, results[chosen], table
+  return chosen, results[chosen], tried

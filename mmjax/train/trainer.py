@@ -13,8 +13,9 @@ from mmjax.data import raw, store
 from mmjax.data.pipeline import text_tokenizer, train_dataset
 from mmjax.data.synthetic import SyntheticSpec
 from mmjax.errors import MmjaxError
+from mmjax.eval import item_id_table
 from mmjax.eval.evaluate import (Encoder, all_item_vectors, baselines, evaluate,
-                                 evaluate_item_id_scales)
+                                 evaluate_item_id_tables)
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import guard
 from mmjax.train import mesh as mesh_lib
@@ -121,6 +122,10 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   t_setup = time.time()
   data_dir = resolve_data_dir(config.data, log)
   catalog = store.load_catalog(data_dir)
+  too_many = [k for k in config.model.rec.item_id_clusters if k > catalog.num_items]
+  if too_many:
+    raise MmjaxError(f"config.model.rec.item_id_clusters={tuple(too_many)}: more "
+                     f"clusters than the {catalog.num_items} items")
   tokenizer = text_tokenizer(data_dir, config)   # A pretrained tower's own.
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.check_batch_size(config.train.batch_size, mesh)
@@ -225,14 +230,15 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
 
   log("evaluating ...")
   t_eval = time.time()
-  eval_kw = dict(history_len=config.data.history_len,
+  eval_kw = dict(history_len=config_lib.eval_history_len(config.data),
                  batch_size=config.train.eval_batch_size, encoder=encoder)
-  id_scale = None
-  if config.model.rec.item_id_scales:
-    chosen, result, table = evaluate_item_id_scales(
+  id_table = None
+  rec = config.model.rec
+  if rec.item_id_scales or rec.item_id_clusters:
+    chosen, result, tried = evaluate_item_id_tables(
         graphdef, state["params"], state["rest"], catalog, tokenizer, mesh,
-        config.model.rec.item_id_scales, **eval_kw)
-    id_scale = dict(chosen=chosen, recall_at_20=table)
+        item_id_table.candidates(rec.item_id_scales, rec.item_id_clusters), **eval_kw)
+    id_table = dict(chosen=chosen.to_dict(), label=chosen.label, recall_at_20=tried)
   else:
     result = evaluate(graphdef, state["params"], state["rest"], catalog, tokenizer,
                       mesh, **eval_kw)
@@ -249,8 +255,8 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
                  examples_per_sec=examples / max(seconds, 1e-9) if examples else 0.0,
                  flops_per_step=flops, eval_seconds=time.time() - t_eval),
       config=config.to_dict())
-  if id_scale is not None:
-    summary["item_id_scale"] = id_scale
+  if id_table is not None:
+    summary["item_id_table"] = id_table
   ckpt.close()
   writer.close()
   write_outputs(workdir, summary, writer.path, format_summary, log)
@@ -288,10 +294,8 @@ def format_summary(s: dict) -> str:
   r = s["retrieval"]
   lines.append(f"  text->image R@1 {r['t2i_r@1']:.3f}  R@10 {r['t2i_r@10']:.3f}  "
                f"image->text R@1 {r['i2t_r@1']:.3f}  (chance {r['chance_r@1']:.4f})")
-  if "item_id_scale" in s:
-    scale = s["item_id_scale"]
-    tried = ", ".join(f"{k}: {v:.4f}" for k, v in scale["recall_at_20"]["valid"].items())
-    lines.append(f"  item-ID table scaled by {scale['chosen']:g} (valid recall@20 {tried})")
+  if "item_id_table" in s:
+    lines.append("  " + item_id_table.describe(s["item_id_table"]))
   t = s["train"]
   lines.append(f"  train: {t['steps']} steps, {t['examples_per_sec']:.0f} ex/s, "
                f"{t['seconds']:.0f}s")
