@@ -60,6 +60,11 @@ def test_candidates_put_the_identity_first_and_keep_the_residual_below_the_centr
     assert TableTransform.from_dict(t.to_dict()) == t
 
 
+def test_a_zero_scale_adds_no_duplicate_candidates():
+  labels = [t.label for t in candidates((0.0, 0.5), (3,))]
+  assert labels == ["1", "0", "0.5", "k3:0.5/0", "k3:1/0", "k3:1/0.5"]
+
+
 def test_a_plain_scale_has_no_separate_residual():
   with pytest.raises(ValueError, match="residual"):
     TableTransform(0, 0.5, 0.25)

@@ -78,9 +78,9 @@ def candidates(scales, clusters) -> list[TableTransform]:
   scales + [1] and b from [0] + scales, b < a."""
   grid = sorted({float(s) for s in scales} | {1.0})
   out = [IDENTITY] + [TableTransform.scaled(s) for s in grid if s != 1.0]
+  residuals = sorted({0.0} | set(grid))
   for k in clusters:
-    out += [TableTransform(int(k), a, b) for a in grid
-            for b in [0.0] + grid if b < a]
+    out += [TableTransform(int(k), a, b) for a in grid for b in residuals if b < a]
   return out
 
 
