@@ -28,7 +28,7 @@ from mmjax.data.catalog import TRAIN
 from mmjax.data.features import normalize_images
 from mmjax.data.pipeline import text_tokenizer
 from mmjax.errors import MmjaxError
-from mmjax.eval import item_id_table
+from mmjax.eval import item_id_table, user_refit
 from mmjax.eval.evaluate import Encoder
 from mmjax.eval.metrics import topk_from_embeddings
 from mmjax.models.model import DataShapes, build_model
@@ -54,11 +54,14 @@ class TrainedModel:
   """
 
   def __init__(self, *, workdir, config, summary, catalog, tokenizer,
-               encoder, params, rest, step, initial=None):
+               encoder, params, rest, step, initial=None, refit=None):
     self.workdir, self.config, self.summary = workdir, config, summary
     self.catalog, self.tokenizer, self.step = catalog, tokenizer, step
     self._encoder, self._params, self._rest = encoder, params, rest
     self._initial = initial  # (params, rest) at initialization.
+    # The run's chosen user refit (user_refit.load), for the final step only;
+    # the derived snapshots below score with the tower.
+    self._refit = refit
 
   @property
   def num_users(self) -> int:
@@ -129,10 +132,17 @@ class TrainedModel:
 
   @functools.cached_property
   def scoring_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-    """(u', v') with u'.v' the model's score (temperature and item bias in)."""
+    """(u', v') with u'.v' the model's score (temperature and item bias in;
+    at a run's final step, with the user refit it chose, if any)."""
     u, v = self._encoder.scoring(self._params, self._rest, self.user_embeddings,
                                  self.item_embeddings["item"])
-    return np.asarray(u), np.asarray(v)
+    u, v = np.asarray(u), np.asarray(v)
+    if self._refit is None:
+      return u, v
+    try:
+      return user_refit.apply(self._refit, v)
+    except ValueError as e:
+      raise MmjaxError(f"{self.workdir}/{user_refit.FILE}: {e}") from None
 
   def encode_text(self, texts) -> np.ndarray:
     """(n, dim) aligned text vectors of a list of strings."""
@@ -328,7 +338,8 @@ def load(workdir: str, step: int | None = None) -> TrainedModel:
       tokenizer=tokenizer, step=int(restored["step"]),
       encoder=Encoder(graphdef, mesh, config.train.eval_batch_size),
       params=put(_as_evaluated(restored["params"], int(restored["step"]), summary)),
-      rest=put(restored["rest"]), initial=(put(state["params"]), put(state["rest"])))
+      rest=put(restored["rest"]), initial=(put(state["params"]), put(state["rest"])),
+      refit=_user_refit(workdir, int(restored["step"]), summary))
 
 
 def _as_evaluated(params, step: int, summary: dict):
@@ -343,3 +354,17 @@ def _as_evaluated(params, step: int, summary: dict):
   return item_id_table.transform_params(
       params, item_id_table.TableTransform.from_dict(chosen))
 
+
+def _user_refit(workdir: str, step: int, summary: dict):
+  """The user refit the run chose on valid (config.model.rec.refit_penalties),
+  for its final step; None otherwise."""
+  report = summary.get("user_refit")
+  if not report or report.get("chosen") is None \
+      or step != summary.get("train", {}).get("steps"):
+    return None
+  try:
+    return user_refit.load(workdir)
+  except (OSError, KeyError, ValueError) as e:
+    raise MmjaxError(f"summary.json reports the user refit {report['label']!r} but "
+                     f"{os.path.join(workdir, user_refit.FILE)} cannot be read: "
+                     f"{str(e).splitlines()[0]}") from None

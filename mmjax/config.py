@@ -89,7 +89,14 @@ def default_config() -> ConfigDict:
       # recall@20 is used for evaluation and inference (the checkpoint
       # keeps the table as trained). () and () leave it as trained.
       item_id_scales=(),
-      item_id_clusters=()))
+      item_id_clusters=(),
+      # Then (eval/user_refit.py) the user vectors are refit to the final item
+      # vectors by the full-softmax likelihood of each user's train items,
+      # with per-user offsets L2-penalized by each of these and per-item
+      # score offsets; valid recall@20 picks among them and the tower itself.
+      # () keeps the tower. refit_steps: full-batch Adam steps per penalty.
+      refit_penalties=(),
+      refit_steps=100))
 
   c.loss = ConfigDict()
   # Weights of the terms of the one objective; 0 switches a term off.
@@ -128,6 +135,10 @@ def default_config() -> ConfigDict:
   c.train.nan_policy = "skip"
   c.train.max_skipped_steps = 10
   c.train.log_example_ids = False  # example_ids.p<process>.jsonl: per-step ids.
+  # Train steps per call of the compiled program (a lax.scan over that many
+  # stacked batches; the same updates): fewer host round trips, and on CPU
+  # one mapping of the step's temporary buffers per call instead of per step.
+  c.train.steps_per_call = 1
 
   # GradCache: encoders run in accum_steps micro-batches, the loss sees the
   # whole batch (train/accumulate.py).
@@ -194,6 +205,7 @@ _POSITIVE = (
     "data.synthetic.image_size", "data.raw.image_size",
     "data.raw.tokenizer_vocab",
     "frozen.negatives", "frozen.epochs", "frozen.eval_every",
+    "model.rec.refit_steps", "train.steps_per_call",
 )
 _NON_NEGATIVE = (
     "loss.infonce", "loss.siglip", "loss.mmd", "loss.coral", "loss.mlm",
@@ -244,6 +256,11 @@ def validate(config: ConfigDict) -> None:
              for k in clusters):
     raise MmjaxError(f"config.model.rec.item_id_clusters={tuple(clusters)} must be "
                      "integers >= 2")
+  penalties = config.model.rec.refit_penalties
+  if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0
+             for p in penalties):
+    raise MmjaxError(f"config.model.rec.refit_penalties={tuple(penalties)} must be "
+                     "numbers > 0")
   for path, value in (("item_id_scales", scales), ("item_id_clusters", clusters)):
     if value and not config.model.rec.item_id_embedding:
       raise MmjaxError(f"config.model.rec.{path} needs "

@@ -10,9 +10,11 @@ Writes into the out dir (default <workdir>/export):
   id_map.json         row r of each .npy -> user_id / item_id (+ item text)
   users.parquet       user_id, embedding
   items.parquet       item_id, text, embedding, text_embedding[, image_embedding]
+  scoring_users.npy   (U, d') and scoring_items.npy (N, d'): their dot
+                      products are recommend's scores (temperature, item bias
+                      and the run's user refit in, see eval/user_refit.py)
   export.json         what was written: step, shapes, files
-Vectors are unit-norm; a user-item dot product is their cosine (recommend
-adds the temperature and the item bias, see Recommender.scoring_vectors).
+The other vectors are unit-norm; a user-item dot product is their cosine.
 """
 
 import argparse
@@ -51,6 +53,10 @@ def export(model, out_dir: str) -> dict:
   np.save(os.path.join(out_dir, "users.npy"), users)
   for key, vectors in items.items():
     name = _ITEM_VECTORS[key][0] + ".npy"
+    np.save(os.path.join(out_dir, name), vectors)
+    files[name] = vectors.shape
+  for name, vectors in zip(("scoring_users.npy", "scoring_items.npy"),
+                           model.scoring_vectors):
     np.save(os.path.join(out_dir, name), vectors)
     files[name] = vectors.shape
   with open(os.path.join(out_dir, "id_map.json"), "w") as f:

@@ -11,6 +11,7 @@ from PIL import Image
 import mmjax
 from mmjax.data.catalog import TEST, TRAIN
 from mmjax.errors import MmjaxError
+from mmjax.eval import user_refit
 from mmjax.eval.item_id_table import TableTransform
 from mmjax.eval.metrics import pad_lists, ranking_metrics, topk_from_embeddings
 
@@ -96,8 +97,49 @@ def test_the_run_reports_the_item_id_table_valid_chose(model):
   assert chosen.label == report["label"]
   assert valid[chosen.label] == max(valid.values())
   assert chosen.label == "1" or valid[chosen.label] > valid["1"]
-  assert model.summary["valid"]["recall@20"] == valid[chosen.label]
-  assert model.summary["test"]["recall@20"] == test[chosen.label]
+  # The user refit (below) starts from the chosen table's tower.
+  refit = model.summary["user_refit"]["recall_at_20"]
+  assert refit["valid"]["tower"] == valid[chosen.label]
+  assert refit["test"]["tower"] == test[chosen.label]
+
+
+def test_the_run_reports_the_user_refit_valid_chose(model, trained_workdir):
+  """The tower and each refit penalty of the tiny config were tried; the
+  chosen one has the best valid recall@20 (the tower wins ties), its metrics
+  are the run's valid and test figures, and its vectors are in the workdir
+  exactly when a refit was chosen."""
+  report = model.summary["user_refit"]
+  valid, test = report["recall_at_20"]["valid"], report["recall_at_20"]["test"]
+  assert list(valid) == list(test) == ["tower", "refit:0.3", "refit:3"]
+  assert report["label"] == user_refit.label(report["chosen"])
+  assert valid[report["label"]] == max(valid.values())
+  assert report["chosen"] is None or valid[report["label"]] > valid["tower"]
+  assert model.summary["valid"]["recall@20"] == valid[report["label"]]
+  assert model.summary["test"]["recall@20"] == test[report["label"]]
+  saved = os.path.exists(os.path.join(trained_workdir, user_refit.FILE))
+  assert saved == (report["chosen"] is not None)
+
+
+def test_load_applies_the_user_refit_to_the_final_step_only(trained_workdir, tmp_path):
+  copy = tmp_path / "run"
+  shutil.copytree(trained_workdir, copy)
+  summary = json.loads((copy / "summary.json").read_text())
+  summary["user_refit"].update(chosen=1.0, label="refit:1")
+  summary["train"]["steps"] += 1   # The checkpoint is now not the final step.
+  (copy / "summary.json").write_text(json.dumps(summary))
+  tower_u, tower_v = mmjax.load(copy).scoring_vectors
+  histories = pad_lists(mmjax.load(copy).catalog.user_histories(TRAIN))
+  users, items = user_refit.refit(tower_u, tower_v, histories, 1.0, steps=10)
+  user_refit.save(str(copy), users, items, 1.0)
+  summary["train"]["steps"] -= 1
+  (copy / "summary.json").write_text(json.dumps(summary))
+  got_u, got_v = mmjax.load(copy).scoring_vectors
+  np.testing.assert_array_equal(got_u, users)
+  np.testing.assert_allclose(got_v, items, atol=1e-6)
+  assert got_u.shape[1] == tower_u.shape[1] + 1
+  (copy / user_refit.FILE).unlink()
+  with pytest.raises(MmjaxError, match=f"refit:1.*{user_refit.FILE}"):
+    mmjax.load(copy)
 
 
 @pytest.mark.parametrize("chosen", [TableTransform.scaled(0.5),

@@ -31,6 +31,10 @@ def test_tree_is_locked():
     ("data.eval_history_len", -1, "data.eval_history_len"),
     ("model.rec.item_id_clusters", (2.5,), "model.rec.item_id_clusters"),
     ("model.rec.item_id_clusters", (True,), "model.rec.item_id_clusters"),
+    ("model.rec.refit_penalties", (1.0, 0.0), "model.rec.refit_penalties"),
+    ("model.rec.refit_penalties", (True,), "model.rec.refit_penalties"),
+    ("model.rec.refit_penalties", ("1",), "model.rec.refit_penalties"),
+    ("model.rec.refit_steps", 0, "model.rec.refit_steps"),
 ])
 def test_bad_values_name_the_key(path, value, needle):
   c = default_config()

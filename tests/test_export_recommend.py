@@ -66,6 +66,12 @@ def test_export_writes_npy_parquet_and_id_map(model, trained_workdir, tmp_path,
   np.testing.assert_allclose(np.asarray(parquet_users["embedding"]), users, atol=1e-6)
   manifest = json.load(open(out / "export.json"))
   assert manifest["step"] == 4 and manifest["files"]["items.npy"] == [96, 16]
+  # The scoring vectors reproduce recommend's scores.
+  su, si = np.load(out / "scoring_users.npy"), np.load(out / "scoring_items.npy")
+  recs = model.recommend(5, 3)
+  np.testing.assert_allclose(si[[r.item for r in recs]] @ su[5],
+                             [r.score for r in recs], rtol=1e-5)
+  assert manifest["files"]["scoring_items.npy"] == list(si.shape)
 
 
 def test_recommend_prints_the_apis_top_k_and_draws_a_grid(

@@ -21,3 +21,7 @@ def test_eight_devices_match_one(data_dir):
   assert r["loss"] <= 1e-5 and r["terms"] <= 1e-5, r
   assert r["grads"] <= 1e-5, r
   assert r["params"] <= 1e-4, r
+  # train.steps_per_call: two steps in one call, on 8 devices, are the two
+  # single steps on 1 device.
+  assert r["multi_step_loss_shape"] == [2], r
+  assert r["multi_step_losses"] <= 1e-5 and r["multi_step_params"] <= 1e-4, r

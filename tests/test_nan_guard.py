@@ -101,3 +101,12 @@ def test_stop_policy_saves_the_last_good_state_and_fails(config, tmp_path, poiso
     np.testing.assert_array_equal(a, b)
   assert int(saved["skipped"]) == 1
   assert not os.path.exists(os.path.join(tmp_path, "summary.json"))
+
+
+def test_the_error_names_the_checkpoint_of_a_longer_call():
+  """With train.steps_per_call > 1 the checkpoint is the call's last step."""
+  from mmjax.train.guard import NanPolicy
+  policy = NanPolicy("stop", 0, skipped=1)
+  assert "checkpoint 5 holds the last good parameters" in str(policy.error(5))
+  msg = str(policy.error(5, saved_at=8))
+  assert "at step 5" in msg and "checkpoint 8 holds the parameters after step 8" in msg

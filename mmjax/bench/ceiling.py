@@ -157,8 +157,9 @@ def best_fit(features, catalog) -> dict:
 
 def id_scale_sweep(model) -> list[dict]:
   """The run's own valid/test metrics with its item-ID table scaled by each
-  of ID_SCALES (item = normalize(content + s * ID); s = 1 is the run as
-  evaluated, i.e. after its own config.model.rec.item_id_scales / item_id_clusters choice).
+  of ID_SCALES (item = normalize(content + s * ID); s = 1 is the run's
+  table as evaluated, i.e. after its own config.model.rec.item_id_scales /
+  item_id_clusters choice), scored by the user tower (no user refit).
 
   Where a scale below 1 scores held-out interactions better, part of what
   the ID embeddings learned fits the train interactions only."""

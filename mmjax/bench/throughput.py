@@ -36,7 +36,8 @@ from mmjax.data.pipeline import train_dataset
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import mesh as mesh_lib
 from mmjax.train.optimizer import learning_rate, make_optimizer
-from mmjax.train.step import init_state, make_train_step, state_shardings
+from mmjax.train.step import (init_state, make_multi_step, make_train_step,
+                              state_shardings)
 from mmjax.train.trainer import resolve_data_dir
 
 RUNS = ("jax", "torch_eager", "torch_compile")
@@ -75,7 +76,9 @@ def make_batches(config, count: int):
 
 
 class JaxRunner:
-  """The mmjax train step (jitted, state donated) over device-resident batches."""
+  """The mmjax train step (jitted, state donated) over device-resident
+  batches; with config.train.steps_per_call = k > 1, k steps per call of the
+  compiled program (make_multi_step), k batches stacked per call."""
 
   def __init__(self, config, shapes, batches):
     model = build_model(config.model, shapes, seed=config.seed)
@@ -86,21 +89,33 @@ class JaxRunner:
     mesh = mesh_lib.make_mesh(config.mesh)
     sh = state_shardings(state, mesh)
     self.state = jax.device_put(state, sh)
-    self.batches = [mesh_lib.global_batch(b, mesh) for b in batches]
-    step = make_train_step(graphdef, tx, config.loss, mesh, sh, learning_rate(config.train))
+    self.per_call = k = config.train.steps_per_call
+    args = (graphdef, tx, config.loss, mesh, sh, learning_rate(config.train))
+    if k == 1:
+      self.batches = [mesh_lib.global_batch(b, mesh) for b in batches]
+      step = make_train_step(*args)
+    else:   # Each call takes the next k batches, cycling.
+      n = len(batches)
+      self.batches = [mesh_lib.global_batches([batches[(i * k + j) % n] for j in range(k)],
+                                              mesh) for i in range(n)]
+      step = make_multi_step(*args)
     t = time.perf_counter()
     self.step = step.lower(self.state, self.batches[0]).compile()
     self.compile_s = time.perf_counter() - t
     cost = self.step.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    # A loop's body is counted once: a k-step program reports one step.
     self.flops = float(cost.get("flops", 0.0)) if cost else 0.0
 
   def run(self, steps: int) -> float:
+    """Seconds for `steps` steps (whole calls; the time of a last partial
+    call's extra steps is scaled away)."""
+    calls = -(-steps // self.per_call)
     t = time.perf_counter()
-    for i in range(steps):
+    for i in range(calls):
       self.state, metrics = self.step(self.state, self.batches[i % len(self.batches)])
     jax.block_until_ready((self.state, metrics))
-    return time.perf_counter() - t
+    return (time.perf_counter() - t) * steps / (calls * self.per_call)
 
 
 class TorchRunner:

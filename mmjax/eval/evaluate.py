@@ -16,7 +16,7 @@ from mmjax.data.catalog import TEST, TRAIN, VALID
 from mmjax.data.features import TextTokenizer, normalize_images
 from mmjax.eval.metrics import (batched_apply, pad_lists, ranking_metrics,
                                 topk_from_embeddings, topk_from_scores)
-from mmjax.eval import item_id_table
+from mmjax.eval import item_id_table, user_refit
 from mmjax.eval.item_id_table import TableTransform
 from mmjax.eval.retrieval import text_image_retrieval
 from mmjax.train import mesh as mesh_lib
@@ -117,21 +117,30 @@ def all_item_vectors(encoder: Encoder, params, rest, catalog,
 def evaluate(graphdef, params, rest, catalog, tokenizer: TextTokenizer, mesh,
              *, history_len: int, batch_size: int, encoder: Encoder | None = None) -> dict:
   """valid/test ranking metrics and text<->image retrieval for one model;
-  pass the run's `encoder` to reuse its compiled functions."""
+  pass the run's `encoder` to reuse its compiled functions. The result's
+  "scoring_vectors" (numpy (users, items), not JSON) feed
+  `evaluate_user_refits`."""
   encoder = encoder or Encoder(graphdef, mesh, batch_size)
   items = all_item_vectors(encoder, params, rest, catalog, tokenizer)
-  return dict(_ranking(encoder, params, rest, catalog, items["item"], history_len),
+  vectors = _scoring_vectors(encoder, params, rest, catalog, items["item"], history_len)
+  return dict(rank(*vectors, catalog), scoring_vectors=vectors,
               retrieval=text_image_retrieval(items["z_text"], items["z_image"]))
 
 
-def _ranking(encoder: Encoder, params, rest, catalog, item_vectors, history_len: int) -> dict:
-  """valid/test full-ranking metrics of the users' pooled train histories
-  against `item_vectors`, train items masked."""
+def _scoring_vectors(encoder: Encoder, params, rest, catalog, item_vectors,
+                     history_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """(users, items) whose dot products are the model's scores, the users
+  pooled from their train histories."""
   users = encoder.users(params, rest, catalog.user_histories(TRAIN, max_len=history_len),
                         item_vectors)
-  exclude = pad_lists(catalog.user_histories(TRAIN))
   u, v = jax.device_get(encoder.scoring(params, rest, users, item_vectors))
-  topk = np.asarray(topk_from_embeddings(u, v, exclude, max(KS)))
+  return np.asarray(u), np.asarray(v)
+
+
+def rank(users, items, catalog) -> dict:
+  """valid/test full-ranking metrics of users . items, train items masked."""
+  exclude = pad_lists(catalog.user_histories(TRAIN))
+  topk = np.asarray(topk_from_embeddings(users, items, exclude, max(KS)))
   return dict(
       valid=ranking_metrics(topk, pad_lists(catalog.user_histories(VALID)), KS),
       test=ranking_metrics(topk, pad_lists(catalog.user_histories(TEST)), KS))
@@ -156,16 +165,45 @@ def evaluate_item_id_tables(graphdef, params, rest, catalog, tokenizer, mesh,
   table = item_id_table.id_table(params)
   labels = {k: item_id_table.cluster_labels(table, k)
             for k in sorted({t.clusters for t in transforms} - {0})}
-  results = {}
+  results, chosen, best_vectors = {}, None, None
   for t in transforms:
     if t == item_id_table.IDENTITY:
       new, vectors = params, items["item"]
     else:
       new = item_id_table.with_id_table(params, t.apply(table, labels.get(t.clusters)))
       vectors = encoder.item_vectors(new, rest, items["content"])
-    results[t] = dict(_ranking(encoder, new, rest, catalog, vectors, history_len),
-                      retrieval=retrieval)
-  chosen = max(transforms, key=lambda t: results[t]["valid"]["recall@20"])
+    scoring = _scoring_vectors(encoder, new, rest, catalog, vectors, history_len)
+    results[t] = dict(rank(*scoring, catalog), retrieval=retrieval)
+    # Keep only the leader's vectors; strictly better wins, so ties keep the first.
+    if chosen is None or results[t]["valid"]["recall@20"] > results[chosen]["valid"]["recall@20"]:
+      chosen, best_vectors = t, scoring
   tried = {split: {t.label: results[t][split]["recall@20"] for t in transforms}
            for split in ("valid", "test")}
-  return chosen, results[chosen], tried
+  return chosen, dict(results[chosen], scoring_vectors=best_vectors), tried
+
+
+def evaluate_user_refits(scoring_vectors, catalog, penalties, *, steps: int
+                         ) -> tuple[float | None, dict, dict, tuple]:
+  """The model's own user vectors (the tower) and a `user_refit.refit` per
+  penalty, against the same item vectors; the best valid recall@20 wins, the
+  tower on ties, so test stays untouched by the choice.
+
+  Returns (the chosen penalty, None for the tower; its {"valid", "test"}
+  metrics; {"valid"/"test": {label: recall@20}} for every candidate; its
+  (users, items) scoring vectors).
+  """
+  users, items = scoring_vectors
+  histories = pad_lists(catalog.user_histories(TRAIN))
+  best = (None, rank(users, items, catalog), (users, items))
+  tried = {"valid": {}, "test": {}}
+  for penalty in (None,) + tuple(float(p) for p in penalties):
+    if penalty is None:
+      metrics = best[1]
+    else:
+      vectors = user_refit.refit(users, items, histories, penalty, steps)
+      metrics = rank(*vectors, catalog)
+      if metrics["valid"]["recall@20"] > best[1]["valid"]["recall@20"]:
+        best = (penalty, metrics, vectors)
+    for split in tried:
+      tried[split][user_refit.label(penalty)] = metrics[split]["recall@20"]
+  return best[0], best[1], tried, best[2]

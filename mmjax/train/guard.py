@@ -68,10 +68,15 @@ class NanPolicy:
               f"({skipped} of {self.limit} allowed)")
     return None
 
-  def error(self, step: int) -> MmjaxError:
+  def error(self, step: int, saved_at: int | None = None) -> MmjaxError:
+    """`saved_at`: the checkpoint's step, when the failing step was not the
+    last of its call (config.train.steps_per_call)."""
+    saved_at = step if saved_at is None else saved_at
+    held = ("the last good parameters (without this batch's update)"
+            if saved_at == step else
+            f"the parameters after step {saved_at}, every non-finite update skipped")
     return MmjaxError(
         f"non-finite loss or gradient norm at step {step}: stopped with "
         f"{self.skipped} skipped step(s) (config.train.nan_policy="
         f"{self.policy!r}, config.train.max_skipped_steps="
-        f"{self.max_skipped_steps}); checkpoint {step} holds the last good "
-        "parameters (without this batch's update)")
+        f"{self.max_skipped_steps}); checkpoint {saved_at} holds {held}")

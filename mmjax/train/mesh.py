@@ -32,6 +32,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """k batches stacked on a leading axis: each sharded on `data`."""
+  return NamedSharding(mesh, P(None, "data"))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -77,3 +82,12 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local.items()}
+
+
+def global_batches(locals_: list, mesh: Mesh) -> dict:
+  """k local batches stacked on a new leading axis, as global jax.Arrays
+  (the input of train.step.make_multi_step)."""
+  sharding = stacked_batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(
+      sharding, np.stack([np.asarray(b[k]) for b in locals_]))
+          for k in locals_[0]}

@@ -13,9 +13,9 @@ from mmjax.data import raw, store
 from mmjax.data.pipeline import text_tokenizer, train_dataset
 from mmjax.data.synthetic import SyntheticSpec
 from mmjax.errors import MmjaxError
-from mmjax.eval import item_id_table
+from mmjax.eval import item_id_table, user_refit
 from mmjax.eval.evaluate import (Encoder, all_item_vectors, baselines, evaluate,
-                                 evaluate_item_id_tables)
+                                 evaluate_item_id_tables, evaluate_user_refits)
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import guard
 from mmjax.train import mesh as mesh_lib
@@ -24,8 +24,8 @@ from mmjax.train import reporting
 from mmjax.train import resume
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.optimizer import learning_rate, make_optimizer
-from mmjax.train.step import (init_state, make_train_step, state_shardings,
-                              with_item_memory)
+from mmjax.train.step import (init_state, make_multi_step, make_train_step,
+                              state_shardings, with_item_memory)
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -88,6 +88,30 @@ def warm_item_memory(encoder, graphdef, state, shardings, catalog, tokenizer):
   return jax.device_put({**state, "rest": rest}, shardings)
 
 
+def _call_length(step: int, total: int, per_call: int, checkpoint_every: int) -> int:
+  """Steps in the call that starts after `step`: train.steps_per_call, cut
+  so that every call ends at or before the next checkpoint and the end."""
+  return min(per_call, total - step, checkpoint_every - step % checkpoint_every)
+
+
+def _program(step_fn, multi_fn, k: int):
+  """The one-step program, or the k-step one (its batches stacked)."""
+  return step_fn if k == 1 else multi_fn
+
+
+def _global(locals_: list, mesh) -> dict:
+  if len(locals_) == 1:
+    return mesh_lib.global_batch(locals_[0], mesh)
+  return mesh_lib.global_batches(locals_, mesh)
+
+
+def _per_step(metrics: dict, k: int) -> list[dict]:
+  """Host metrics of one call -> one dict per step (k-step calls stack them)."""
+  if k == 1:
+    return [metrics]
+  return [{name: value[j] for name, value in metrics.items()} for j in range(k)]
+
+
 def _mean_metrics(pending: list) -> dict:
   host = jax.device_get(pending)
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -146,9 +170,10 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   state = jax.device_put(state, shardings)
   encoder = Encoder(graphdef, mesh, config.train.eval_batch_size)
   state = warm_item_memory(encoder, graphdef, state, shardings, catalog, tokenizer)
-  step_fn = make_train_step(graphdef, tx, config.loss, mesh, shardings,
-                            learning_rate(config.train),
-                            accum_steps=config.train.accum_steps)
+  step_args = (graphdef, tx, config.loss, mesh, shardings, learning_rate(config.train),
+               config.train.accum_steps)
+  step_fn = make_train_step(*step_args)
+  multi_fn = make_multi_step(*step_args) if config.train.steps_per_call > 1 else None
   if dry_run:
     return _dry_run(step_fn, state, config, data_dir, catalog, mesh, log)
 
@@ -170,11 +195,14 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   if writer.active:
     reporting.truncate_after(writer.path, start)   # Rows past the checkpoint.
 
-  total = config.train.steps
-  local = next(data_iter)
-  batch = mesh_lib.global_batch(local, mesh)
+  total, per_call = config.train.steps, config.train.steps_per_call
+  first = _call_length(start, total, per_call, config.train.checkpoint_every)
+  locals_ = [next(data_iter) for _ in range(first)]
+  batch = _global(locals_, mesh)
   t0 = time.time()
-  compiled = step_fn.lower(state, batch).compile()
+  compiled = _program(step_fn, multi_fn, first).lower(state, batch).compile()
+  # XLA's cost analysis counts a loop's body once: a k-step program's FLOPs
+  # are one step's.
   flops = _report_compiled(compiled, log)
   log(f"setup {t0 - t_setup:.1f}s, compile {time.time() - t0:.1f}s")
 
@@ -184,33 +212,42 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
                dynamic_ncols=True, disable=jax.process_index() != 0)
   t_loop = time.time()
   preempted_at = None
+  step = start
   with preemption.SigtermFlag() as sigterm:
-    for step in range(start + 1, total + 1):
-      if step > start + 1:
-        local = next(data_iter)
-        batch = mesh_lib.global_batch(local, mesh)
-      state, metrics = compiled(state, batch)
-      if id_log is not None:
-        id_log.write(step, local)
-      pending.append(metrics)
-      # One scalar per step, so the NaN policy acts on the very step.
-      note = nan_policy.observe(step, int(metrics["skipped"]))
-      if note:
-        log(note)
-      if step % config.train.log_every == 0 or step == total or nan_policy.failed:
-        row = _mean_metrics(pending)
-        pending = []
-        seconds = time.time() - t_loop
-        examples = (step - start) * config.train.batch_size
-        row["examples_per_sec"] = examples / max(seconds, 1e-9)
-        row["skipped"] = nan_policy.skipped   # The running count, not its mean.
-        writer.write(step, row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", ex_s=f"{row['examples_per_sec']:.0f}")
-      bar.update(1)
+    while step < total:
+      k = _call_length(step, total, per_call, config.train.checkpoint_every)
+      if step > start:
+        locals_ = [next(data_iter) for _ in range(k)]
+        batch = _global(locals_, mesh)
+      program = compiled if k == first else _program(step_fn, multi_fn, k)
+      state, metrics = program(state, batch)
+      # One host sync per call; the NaN policy still sees every step.
+      rows = _per_step(jax.device_get(metrics), k)
+      for local, row in zip(locals_, rows):
+        step += 1
+        if id_log is not None:
+          id_log.write(step, local)
+        pending.append(row)
+        note = nan_policy.observe(step, int(row["skipped"]))
+        if note:
+          log(note)
+        if step % config.train.log_every == 0 or step == total or nan_policy.failed:
+          row = _mean_metrics(pending)
+          pending = []
+          seconds = time.time() - t_loop
+          examples = (step - start) * config.train.batch_size
+          row["examples_per_sec"] = examples / max(seconds, 1e-9)
+          row["skipped"] = nan_policy.skipped   # The running count, not its mean.
+          writer.write(step, row)
+          bar.set_postfix(loss=f"{row['loss']:.3f}", ex_s=f"{row['examples_per_sec']:.0f}")
+        bar.update(1)
+        if nan_policy.failed:
+          break
+      failed_at, step = step, int(state["step"])
       if nan_policy.failed:   # The guard kept the last good parameters.
         ckpt.save(step, state, data_iter, force=True)
         ckpt.wait()
-        raise nan_policy.error(step)
+        raise nan_policy.error(failed_at, saved_at=step)
       saved = ckpt.save(step, state, data_iter, force=step == total)
       if sigterm.requested:
         if not saved:
@@ -242,6 +279,9 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   else:
     result = evaluate(graphdef, state["params"], state["rest"], catalog, tokenizer,
                       mesh, **eval_kw)
+  refit = _choose_user_refit(workdir, result.pop("scoring_vectors"), catalog, rec)
+  if refit is not None:
+    result.update(refit.pop("metrics"))
   result.update(baselines(catalog))
   result["retrieval"]["chance_r@1"] = 1.0 / catalog.num_items
   result["ratios"] = {
@@ -257,10 +297,29 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
       config=config.to_dict())
   if id_table is not None:
     summary["item_id_table"] = id_table
+  if refit is not None:
+    summary["user_refit"] = refit
   ckpt.close()
   writer.close()
   write_outputs(workdir, summary, writer.path, format_summary, log)
   return summary
+
+
+def _choose_user_refit(workdir: str, scoring_vectors, catalog, rec) -> dict | None:
+  """config.model.rec.refit_penalties: the tower or a refit of the user
+  vectors (eval/user_refit.py), chosen on valid; the chosen refit's vectors
+  go to <workdir>/user_refit.npz for `mmjax.load`. None without penalties."""
+  path = os.path.join(workdir, user_refit.FILE)
+  if jax.process_index() == 0 and os.path.exists(path):
+    os.remove(path)   # A previous evaluation's; never pair it with this one.
+  if not rec.refit_penalties:
+    return None
+  penalty, metrics, tried, vectors = evaluate_user_refits(
+      scoring_vectors, catalog, rec.refit_penalties, steps=rec.refit_steps)
+  if penalty is not None and jax.process_index() == 0:
+    user_refit.save(workdir, *vectors, penalty)
+  return dict(chosen=penalty, label=user_refit.label(penalty), recall_at_20=tried,
+              steps=rec.refit_steps, metrics=metrics)
 
 
 def _jsonable(x):
@@ -296,6 +355,8 @@ def format_summary(s: dict) -> str:
                f"image->text R@1 {r['i2t_r@1']:.3f}  (chance {r['chance_r@1']:.4f})")
   if "item_id_table" in s:
     lines.append("  " + item_id_table.describe(s["item_id_table"]))
+  if "user_refit" in s:
+    lines.append("  " + user_refit.describe(s["user_refit"]))
   t = s["train"]
   lines.append(f"  train: {t['steps']} steps, {t['examples_per_sec']:.0f} ex/s, "
                f"{t['seconds']:.0f}s")
