@@ -21,6 +21,7 @@ def get_config():
   c.model.fusion.hidden = 256
   c.model.rec.user_id_embedding = False
   c.train.batch_size = 128
+  c.train.steps_per_call = 4
   c.train.steps = 2000
   c.train.log_every = 50
   c.train.checkpoint_every = 500
