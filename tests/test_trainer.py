@@ -79,6 +79,20 @@ def test_calls_end_at_checkpoints_and_at_the_end(step, expected):
   assert _call_length(step, total=6, per_call=2, checkpoint_every=3) == expected
 
 
+def test_a_finished_run_with_steps_per_call_only_reevaluates(run, tmp_path):
+  """Rerunning a finished run trains nothing (k-step calls or not) and
+  evaluates the same checkpoint again."""
+  cfg, workdir, _ = run
+  cfg = cfg.copy_and_resolve_references()
+  cfg.train.steps_per_call = 4
+  first = train_and_evaluate(cfg, str(tmp_path), log=lambda *_: None)
+  lines = []
+  again = train_and_evaluate(cfg, str(tmp_path), log=lines.append)
+  assert "resumed from checkpoint at step 6" in lines
+  assert again["train"]["resumed_from"] == 6
+  assert again["test"] == first["test"]
+
+
 def test_rerun_resumes_from_the_latest_checkpoint(run):
   cfg, workdir, _ = run
   cfg = cfg.copy_and_resolve_references()

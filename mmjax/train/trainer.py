@@ -196,7 +196,8 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
     reporting.truncate_after(writer.path, start)   # Rows past the checkpoint.
 
   total, per_call = config.train.steps, config.train.steps_per_call
-  first = _call_length(start, total, per_call, config.train.checkpoint_every)
+  # A finished run (start == total) only re-evaluates: one batch to compile for.
+  first = max(1, _call_length(start, total, per_call, config.train.checkpoint_every))
   locals_ = [next(data_iter) for _ in range(first)]
   batch = _global(locals_, mesh)
   t0 = time.time()
