@@ -182,11 +182,13 @@ def evaluate_item_id_tables(graphdef, params, rest, catalog, tokenizer, mesh,
   return chosen, dict(results[chosen], scoring_vectors=best_vectors), tried
 
 
-def evaluate_user_refits(scoring_vectors, catalog, penalties, *, steps: int
+def evaluate_user_refits(scoring_vectors, catalog, penalties, *, steps: int,
+                         tower: dict | None = None
                          ) -> tuple[float | None, dict, dict, tuple]:
   """The model's own user vectors (the tower) and a `user_refit.refit` per
   penalty, against the same item vectors; the best valid recall@20 wins, the
-  tower on ties, so test stays untouched by the choice.
+  tower on ties, so test stays untouched by the choice. `tower`: the
+  tower's {"valid", "test"} metrics if already ranked.
 
   Returns (the chosen penalty, None for the tower; its {"valid", "test"}
   metrics; {"valid"/"test": {label: recall@20}} for every candidate; its
@@ -194,7 +196,7 @@ def evaluate_user_refits(scoring_vectors, catalog, penalties, *, steps: int
   """
   users, items = scoring_vectors
   histories = pad_lists(catalog.user_histories(TRAIN))
-  best = (None, rank(users, items, catalog), (users, items))
+  best = (None, tower or rank(users, items, catalog), (users, items))
   tried = {"valid": {}, "test": {}}
   for penalty in (None,) + tuple(float(p) for p in penalties):
     if penalty is None:

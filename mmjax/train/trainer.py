@@ -280,7 +280,8 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   else:
     result = evaluate(graphdef, state["params"], state["rest"], catalog, tokenizer,
                       mesh, **eval_kw)
-  refit = _choose_user_refit(workdir, result.pop("scoring_vectors"), catalog, rec)
+  refit = _choose_user_refit(workdir, result.pop("scoring_vectors"), catalog, rec,
+                             tower={k: result[k] for k in ("valid", "test")})
   if refit is not None:
     result.update(refit.pop("metrics"))
   result.update(baselines(catalog))
@@ -306,7 +307,8 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   return summary
 
 
-def _choose_user_refit(workdir: str, scoring_vectors, catalog, rec) -> dict | None:
+def _choose_user_refit(workdir: str, scoring_vectors, catalog, rec,
+                       tower: dict | None = None) -> dict | None:
   """config.model.rec.refit_penalties: the tower or a refit of the user
   vectors (eval/user_refit.py), chosen on valid; the chosen refit's vectors
   go to <workdir>/user_refit.npz for `mmjax.load`. None without penalties."""
@@ -316,7 +318,7 @@ def _choose_user_refit(workdir: str, scoring_vectors, catalog, rec) -> dict | No
   if not rec.refit_penalties:
     return None
   penalty, metrics, tried, vectors = evaluate_user_refits(
-      scoring_vectors, catalog, rec.refit_penalties, steps=rec.refit_steps)
+      scoring_vectors, catalog, rec.refit_penalties, steps=rec.refit_steps, tower=tower)
   if penalty is not None and jax.process_index() == 0:
     user_refit.save(workdir, *vectors, penalty)
   return dict(chosen=penalty, label=user_refit.label(penalty), recall_at_20=tried,
