@@ -73,6 +73,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   torch.set_num_threads(args.threads)
   config = load_config(args.config)
+  # The parts are those of one step: time the one-step program.
+  config.train.steps_per_call = 1
   shapes, batches = make_batches(config, 2)
   jr = JaxRunner(config, shapes, batches)
   runs = {"jax": (jr, jax_parts(jr, config), jax.block_until_ready)}
