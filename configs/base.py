@@ -22,6 +22,9 @@ def get_config():
   c.model.rec.user_id_embedding = False
   c.train.batch_size = 128
   c.train.steps_per_call = 4
+  # No YNNPACK at all on CPU: at this size XLA's own reductions ran the step
+  # ~4% faster than YNNPACK's (docs/benchmarking.md).
+  c.train.cpu_ynn_fusions = ""
   c.train.steps = 2000
   c.train.log_every = 50
   c.train.checkpoint_every = 500

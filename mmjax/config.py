@@ -139,6 +139,11 @@ def default_config() -> ConfigDict:
   # stacked batches; the same updates): fewer host round trips, and on CPU
   # one mapping of the step's temporary buffers per call instead of per step.
   c.train.steps_per_call = 1
+  # On CPU, which ops XLA hands to YNNPACK in the train step (comma-separated
+  # kinds of config.YNN_FUSION_KINDS; "" none, "xla" XLA's own default).
+  # "reduce": on the 2-core benchmark machine XLA's own (Eigen) dots ran the
+  # encoders' matmuls faster than YNNPACK's (docs/benchmarking.md).
+  c.train.cpu_ynn_fusions = "reduce"
 
   # GradCache: encoders run in accum_steps micro-batches, the loss sees the
   # whole batch (train/accumulate.py).
@@ -219,6 +224,22 @@ _NON_NEGATIVE = (
 )
 
 
+YNN_FUSION_KINDS = ("dot", "eltwise", "reduce", "individual_dot",
+                    "individual_convolution")
+
+
+def ynn_fusion_kinds(value: str) -> tuple[str, ...] | None:
+  """config.train.cpu_ynn_fusions as kinds; None for "xla" (XLA's default)."""
+  if value == "xla":
+    return None
+  kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+  bad = [k for k in kinds if k not in YNN_FUSION_KINDS]
+  if bad:
+    raise MmjaxError(f"config.train.cpu_ynn_fusions={value!r}: {bad} not among "
+                     f"{YNN_FUSION_KINDS} (or 'xla', or '' for none)")
+  return kinds
+
+
 def eval_history_len(data_cfg: ConfigDict) -> int:
   """How many of a user's last train items evaluation and inference pool."""
   return data_cfg.eval_history_len or data_cfg.history_len
@@ -243,6 +264,7 @@ def validate(config: ConfigDict) -> None:
   for path in _NON_NEGATIVE:
     if get(config, path) < 0:
       raise MmjaxError(f"config.{path}={get(config, path)} must be >= 0")
+  ynn_fusion_kinds(config.train.cpu_ynn_fusions)
   if not 0.0 <= config.data.mlm_prob < 1.0:
     raise MmjaxError(f"config.data.mlm_prob={config.data.mlm_prob} must be in [0, 1)")
   if config.model.rec.temperature <= 0:

@@ -35,6 +35,7 @@ def test_tree_is_locked():
     ("model.rec.refit_penalties", (True,), "model.rec.refit_penalties"),
     ("model.rec.refit_penalties", ("1",), "model.rec.refit_penalties"),
     ("model.rec.refit_steps", 0, "model.rec.refit_steps"),
+    ("train.cpu_ynn_fusions", "reduce,dots", "train.cpu_ynn_fusions"),
 ])
 def test_bad_values_name_the_key(path, value, needle):
   c = default_config()

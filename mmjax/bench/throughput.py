@@ -36,8 +36,8 @@ from mmjax.data.pipeline import train_dataset
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import mesh as mesh_lib
 from mmjax.train.optimizer import learning_rate, make_optimizer
-from mmjax.train.step import (init_state, make_multi_step, make_train_step,
-                              state_shardings)
+from mmjax.train.step import (compiler_options, init_state, make_multi_step,
+                              make_train_step, state_shardings)
 from mmjax.train.trainer import resolve_data_dir
 
 RUNS = ("jax", "torch_eager", "torch_compile")
@@ -90,7 +90,8 @@ class JaxRunner:
     sh = state_shardings(state, mesh)
     self.state = jax.device_put(state, sh)
     self.per_call = k = config.train.steps_per_call
-    args = (graphdef, tx, config.loss, mesh, sh, learning_rate(config.train))
+    args = (graphdef, tx, config.loss, mesh, sh, learning_rate(config.train),
+            config.train.accum_steps, compiler_options(config.train))
     if k == 1:
       self.batches = [mesh_lib.global_batch(b, mesh) for b in batches]
       step = make_train_step(*args)
@@ -209,7 +210,8 @@ def main(argv=None) -> dict:
       threads=dict(torch_intra_op=torch.get_num_threads(),
                    torch_inter_op=torch.get_num_interop_threads(),
                    xla_cpu="all cores (XLA's default CPU pool)",
-                   xla_flags=os.environ.get("XLA_FLAGS", "")),
+                   xla_flags=os.environ.get("XLA_FLAGS", ""),
+                   xla_step_options=compiler_options(config.train)),
       versions=dict(jax=jax.__version__, torch=torch.__version__),
       protocol=dict(steps_per_round=args.steps, rounds=args.rounds, warmup=args.warmup,
                     batches=args.batches))

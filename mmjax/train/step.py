@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from mmjax import config as config_lib
 from mmjax.losses.alignment import coral, mmd
 from mmjax.losses.contrastive import infonce, siglip
 from mmjax.losses.mlm import masked_lm_mean, masked_lm_sums
@@ -194,18 +195,30 @@ def _guarded_step(graphdef, tx, loss_cfg, mesh, lr_schedule, accum_steps):
   return guard.skip_nonfinite(step_fn)
 
 
+def compiler_options(train_cfg) -> dict:
+  """XLA options for the train step's compile: on CPU, the YNNPACK fusion
+  kinds of config.train.cpu_ynn_fusions (the flag
+  --xla_cpu_experimental_ynn_fusion_type, per program instead of global)."""
+  kinds = config_lib.ynn_fusion_kinds(train_cfg.cpu_ynn_fusions)
+  if kinds is None or jax.default_backend() != "cpu":
+    return {}
+  return {"xla_cpu_experimental_ynn_fusion_type":
+          ",".join("LIBRARY_FUSION_TYPE_" + k.upper() for k in kinds)}
+
+
 def make_train_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule,
-                    accum_steps: int = 1):
-  """Returns the jitted step(state, batch) -> (state, metrics); state donated."""
+                    accum_steps: int = 1, options: dict | None = None):
+  """Returns the jitted step(state, batch) -> (state, metrics); state donated.
+  `options`: XLA compiler options (`compiler_options`)."""
   return jax.jit(
       _guarded_step(graphdef, tx, loss_cfg, mesh, lr_schedule, accum_steps),
       in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
       out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
-      donate_argnums=(0,))
+      donate_argnums=(0,), compiler_options=options)
 
 
 def make_multi_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule,
-                    accum_steps: int = 1):
+                    accum_steps: int = 1, options: dict | None = None):
   """Returns the jitted steps(state, batches) -> (state, metrics): the train
   step run over k batches stacked on a leading axis (`lax.scan`), in one
   call; each metric comes back stacked, (k,). The same updates as k calls
@@ -220,7 +233,7 @@ def make_multi_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule,
       lambda state, batches: jax.lax.scan(body, state, batches),
       in_shardings=(state_sharding, mesh_lib.stacked_batch_sharding(mesh)),
       out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
-      donate_argnums=(0,))
+      donate_argnums=(0,), compiler_options=options)
 
 
 def make_grad_fn(graphdef, loss_cfg, mesh, state_sharding, accum_steps: int = 1):

@@ -24,8 +24,8 @@ from mmjax.train import reporting
 from mmjax.train import resume
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.optimizer import learning_rate, make_optimizer
-from mmjax.train.step import (init_state, make_multi_step, make_train_step,
-                              state_shardings, with_item_memory)
+from mmjax.train.step import (compiler_options, init_state, make_multi_step,
+                              make_train_step, state_shardings, with_item_memory)
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -171,7 +171,7 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   encoder = Encoder(graphdef, mesh, config.train.eval_batch_size)
   state = warm_item_memory(encoder, graphdef, state, shardings, catalog, tokenizer)
   step_args = (graphdef, tx, config.loss, mesh, shardings, learning_rate(config.train),
-               config.train.accum_steps)
+               config.train.accum_steps, compiler_options(config.train))
   step_fn = make_train_step(*step_args)
   multi_fn = make_multi_step(*step_args) if config.train.steps_per_call > 1 else None
   if dry_run:

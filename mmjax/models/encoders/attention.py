@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmjax.models.encoders.linear import Dense
+
 # BERT-style initialisation: N(0, 0.02) kernels, zero biases.
 INIT_STDDEV = 0.02
 kernel_init = nnx.initializers.normal(INIT_STDDEV)
@@ -71,9 +73,9 @@ def check_heads(dim: int, heads: int) -> int:
 
 
 def dense(in_dim: int, out_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs,
-          use_bias: bool = True) -> nnx.Linear:
+          use_bias: bool = True) -> Dense:
   """A Linear layer with BERT initialisation."""
-  return nnx.Linear(in_dim, out_dim, use_bias=use_bias, dtype=dtype,
+  return Dense(in_dim, out_dim, use_bias=use_bias, dtype=dtype,
                     param_dtype=param_dtype, kernel_init=kernel_init,
                     rngs=rngs)
 
