@@ -76,8 +76,7 @@ def dense(in_dim: int, out_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs,
           use_bias: bool = True) -> Dense:
   """A Linear layer with BERT initialisation."""
   return Dense(in_dim, out_dim, use_bias=use_bias, dtype=dtype,
-                    param_dtype=param_dtype, kernel_init=kernel_init,
-                    rngs=rngs)
+               param_dtype=param_dtype, kernel_init=kernel_init, rngs=rngs)
 
 
 def layer_norm(dim: int, eps: float, *, dtype, param_dtype,

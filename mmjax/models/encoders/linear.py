@@ -27,7 +27,7 @@ def linear(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 def _linear_fwd(x, kernel, bias):
-  return linear(x, kernel, bias), (x, kernel)
+  return jnp.dot(x, kernel) + bias, (x, kernel)
 
 
 def _linear_bwd(res, dy):
@@ -45,11 +45,14 @@ linear.defvjp(_linear_fwd, _linear_bwd)
 
 class Dense(nnx.Linear):
   """nnx.Linear (same parameters, init and dtype promotion) whose biased
-  matmul goes through `linear` above."""
+  matmul goes through `linear` above. Whatever `linear` does not model (no
+  bias, an output sharding, a precision or accumulation dtype) is left to
+  nnx.Linear."""
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    if self.bias is None:
-      return super().__call__(x)
+  def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:
+    if (self.bias is None or out_sharding is not None or self.precision is not None
+        or self.preferred_element_type is not None):
+      return super().__call__(x, out_sharding)
     x, kernel, bias = self.promote_dtype(
         (x, self.kernel[...], self.bias[...]), dtype=self.dtype)
     return linear(x, kernel, bias)
