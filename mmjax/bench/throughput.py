@@ -7,7 +7,12 @@ the same loss terms and optimizer (AdamW + clipping + the same schedule) and
 the same pre-made batches (drawn once from the train pipeline, converted
 ahead: no input pipeline in the timing) on both sides. Compilation and
 warm-up steps are excluded; the three runs are interleaved round by round
-and each figure is the median over rounds of (round time / steps). FLOPs per
+and each figure is the median over rounds of (round time / steps). Each run
+starts its turn with an untimed switch-in of one JAX call's worth of steps
+(config.train.steps_per_call), so no run is charged for what the one before it
+left behind (the first XLA call after torch ran ~15% slower, its fresh
+buffers' page faults costing twice the kernel time); the switch-in times are
+reported too, and --switch-in 0 times the cold switch instead. FLOPs per
 step come from XLA's cost analysis of the compiled JAX step (the same math
 runs on the torch side). Writes JSON and prints a markdown table.
 """
@@ -145,7 +150,26 @@ def warm_up(runner, steps: int) -> None:
   runner.compile_s += time.perf_counter() - t
 
 
-def measure(config, *, steps: int, rounds: int, warmup: int, num_batches: int) -> dict:
+def interleave(runners: dict, *, steps: int, rounds: int, switch_steps: int):
+  """Times `steps` steps of each runner per round, the order rotating round
+  by round; each turn starts with `switch_steps` untimed steps (if > 0).
+  Returns ({name: [s/step per round]}, {name: [switch-in s/step per round]})."""
+  names = list(runners)
+  times = {name: [] for name in names}
+  switch_times = {name: [] for name in names}
+  for r in range(rounds):
+    # Rotate the order too, so no run always follows the same one.
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      if switch_steps:
+        switch_times[name].append(runners[name].run(switch_steps) / switch_steps)
+      times[name].append(runners[name].run(steps) / steps)
+    log(f"round {r + 1}/{rounds}: " + ", ".join(
+        f"{n} {1e3 * times[n][-1]:.1f} ms" for n in names))
+  return times, switch_times
+
+
+def measure(config, *, steps: int, rounds: int, warmup: int, num_batches: int,
+            switch_in: int = 1) -> dict:
   shapes, batches = make_batches(config, num_batches)
   log(f"{num_batches} batches of {config.train.batch_size} ready")
   runners = {"jax": JaxRunner(config, shapes, batches)}
@@ -155,13 +179,9 @@ def measure(config, *, steps: int, rounds: int, warmup: int, num_batches: int) -
   for name, runner in runners.items():
     warm_up(runner, warmup)
     log(f"{name} warmed up ({runner.compile_s:.1f}s with compilation)")
-  times = {name: [] for name in RUNS}
-  for r in range(rounds):
-    # Rotate the order too, so no run always follows the same one.
-    for name in RUNS[r % 3:] + RUNS[:r % 3]:
-      times[name].append(runners[name].run(steps) / steps)
-    log(f"round {r + 1}/{rounds}: " + ", ".join(
-        f"{n} {1e3 * times[n][-1]:.1f} ms" for n in RUNS))
+  switch_steps = switch_in * config.train.steps_per_call
+  times, switch_times = interleave(runners, steps=steps, rounds=rounds,
+                                   switch_steps=switch_steps)
   flops = runners["jax"].flops
   bs = config.train.batch_size
   out = {}
@@ -170,6 +190,8 @@ def measure(config, *, steps: int, rounds: int, warmup: int, num_batches: int) -
     out[name] = dict(examples_per_sec=bs / step_s, step_ms=1e3 * step_s,
                      step_ms_rounds=[1e3 * t for t in times[name]],
                      achieved_flops_per_sec=flops / step_s,
+                     switch_in_step_ms=(1e3 * statistics.median(switch_times[name])
+                                        if switch_steps else None),
                      warmup_and_compile_s=runners[name].compile_s)
   out["flops_per_step"] = flops
   out["ratio_vs_eager"] = out["jax"]["examples_per_sec"] / out["torch_eager"]["examples_per_sec"]
@@ -197,13 +219,18 @@ def main(argv=None) -> dict:
   p.add_argument("--rounds", type=int, default=7, help="timed rounds (median)")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
   p.add_argument("--batches", type=int, default=4, help="distinct pre-made batches")
+  p.add_argument("--switch-in", type=int, default=1,
+                 help="untimed JAX-call-sized turns (config.train.steps_per_call "
+                      "steps) each run takes before its timed steps; 0: cold switch")
   p.add_argument("--threads", type=int, default=os.cpu_count(),
                  help="torch intra-op threads (XLA's CPU pool uses every core)")
   args = p.parse_args(argv)
+  if args.steps < 1 or args.rounds < 1 or args.switch_in < 0:
+    p.error("--steps and --rounds must be >= 1 and --switch-in >= 0")
   torch.set_num_threads(args.threads)
   config = load_config(args.config)
   result = measure(config, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
-                   num_batches=args.batches)
+                   num_batches=args.batches, switch_in=args.switch_in)
   result.update(
       config=args.config, batch_size=config.train.batch_size,
       device=f"{jax.devices()[0].platform}: {cpu_name()}, {os.cpu_count()} cores",
@@ -214,7 +241,8 @@ def main(argv=None) -> dict:
                    xla_step_options=compiler_options(config.train)),
       versions=dict(jax=jax.__version__, torch=torch.__version__),
       protocol=dict(steps_per_round=args.steps, rounds=args.rounds, warmup=args.warmup,
-                    batches=args.batches))
+                    batches=args.batches,
+                    switch_in_steps=args.switch_in * config.train.steps_per_call))
   result["markdown"] = markdown(result)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
