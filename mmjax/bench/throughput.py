@@ -169,7 +169,9 @@ def interleave(runners: dict, *, steps: int, rounds: int, switch_steps: int):
 
 
 def measure(config, *, steps: int, rounds: int, warmup: int, num_batches: int,
-            switch_in: int = 1) -> dict:
+            switch_steps: int = 0) -> dict:
+  """The three runs on `config`, interleaved (`interleave`; `switch_steps`
+  untimed steps start each turn); the figures main() writes as JSON."""
   shapes, batches = make_batches(config, num_batches)
   log(f"{num_batches} batches of {config.train.batch_size} ready")
   runners = {"jax": JaxRunner(config, shapes, batches)}
@@ -179,7 +181,6 @@ def measure(config, *, steps: int, rounds: int, warmup: int, num_batches: int,
   for name, runner in runners.items():
     warm_up(runner, warmup)
     log(f"{name} warmed up ({runner.compile_s:.1f}s with compilation)")
-  switch_steps = switch_in * config.train.steps_per_call
   times, switch_times = interleave(runners, steps=steps, rounds=rounds,
                                    switch_steps=switch_steps)
   flops = runners["jax"].flops
@@ -229,8 +230,9 @@ def main(argv=None) -> dict:
     p.error("--steps and --rounds must be >= 1 and --switch-in >= 0")
   torch.set_num_threads(args.threads)
   config = load_config(args.config)
+  switch_steps = args.switch_in * config.train.steps_per_call
   result = measure(config, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
-                   num_batches=args.batches, switch_in=args.switch_in)
+                   num_batches=args.batches, switch_steps=switch_steps)
   result.update(
       config=args.config, batch_size=config.train.batch_size,
       device=f"{jax.devices()[0].platform}: {cpu_name()}, {os.cpu_count()} cores",
@@ -242,7 +244,7 @@ def main(argv=None) -> dict:
       versions=dict(jax=jax.__version__, torch=torch.__version__),
       protocol=dict(steps_per_round=args.steps, rounds=args.rounds, warmup=args.warmup,
                     batches=args.batches,
-                    switch_in_steps=args.switch_in * config.train.steps_per_call))
+                    switch_in_steps=switch_steps))
   result["markdown"] = markdown(result)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
