@@ -21,7 +21,12 @@ def get_config():
   c.model.fusion.hidden = 256
   c.model.rec.user_id_embedding = False
   c.train.batch_size = 128
-  c.train.steps_per_call = 4
+  # Eight steps per compiled call: each call maps and first-touches a fresh
+  # ~1.5 GB temp arena (95k page faults per call's worth of steps at 4), so
+  # 8 halves that per step; in one process, rounds alternated, 8 ran
+  # 2370 ms/step against 2426 for 4, faster in every round
+  # (docs/benchmarking.md).
+  c.train.steps_per_call = 8
   # No YNNPACK at all on CPU: at this size XLA's own reductions ran the step
   # ~4% faster than YNNPACK's (docs/benchmarking.md).
   c.train.cpu_ynn_fusions = ""
