@@ -22,8 +22,8 @@ def get_config():
   c.model.rec.user_id_embedding = False
   c.train.batch_size = 128
   # Eight steps per compiled call: each call maps and first-touches a fresh
-  # ~1.5 GB temp arena (95k page faults per call's worth of steps at 4), so
-  # 8 halves that per step; in one process, rounds alternated, 8 ran
+  # ~1.5 GB temp arena (95k page faults per step at 4 steps per call, 47.5k
+  # at 8); in one process, rounds alternated, 8 ran
   # 2370 ms/step against 2426 for 4, faster in every round
   # (docs/benchmarking.md).
   c.train.steps_per_call = 8
