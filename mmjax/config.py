@@ -65,6 +65,11 @@ def default_config() -> ConfigDict:
   c.model.dim = 64            # The shared (aligned) space.
   c.model.dtype = "float32"   # Compute dtype; parameters stay float32.
   c.model.remat = False       # Recompute each encoder block in the backward pass.
+  # How attention runs (models/encoders/attention.py): "auto" takes the fused
+  # CPU kernel (mmjax/kernels, built with the machine's C++ compiler on first
+  # use) for f32 on XLA:CPU and XLA's attention elsewhere; "xla" always XLA's;
+  # "cpu" insists on the kernel.
+  c.model.attention_kernel = "auto"
   c.model.text = ConfigDict(dict(
       hidden=64, layers=2, heads=4, mlp_dim=128, pooling="cls",
       dropout=0.0, type_vocab=2,
@@ -190,6 +195,7 @@ _CHOICES = {
     "frozen.ranking": ("auto", "host", "device"),
     "data.raw.adapter": ("table", "clothing"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.attention_kernel": ("auto", "xla", "cpu"),
     "model.text.pooling": ("cls", "mean"),
     "model.image.kind": ("vit", "cnn"),
     "model.image.pooling": ("cls", "mean"),

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmjax.kernels import cpu_attention
 from mmjax.models.encoders.linear import Dense
 
 # BERT-style initialisation: N(0, 0.02) kernels, zero biases.
@@ -167,10 +168,46 @@ def dot_product_attention(q, k, v, mask=None):
   return jnp.einsum("bnts,bsnh->btnh", probs, v)
 
 
+# How attention runs: "xla" is `dot_product_attention`; "cpu" the fused
+# kernel of mmjax/kernels (f32 on XLA:CPU); "auto" that kernel where it
+# applies (CPU backend, f32, kernel built) and XLA's elsewhere.
+ATTENTION_KERNELS = ('auto', 'xla', 'cpu')
+
+
+def check_attention_kernel(kernel: str) -> str:
+  if kernel not in ATTENTION_KERNELS:
+    raise ValueError(
+        f'attention kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}')
+  return kernel
+
+
+def use_cpu_kernel(kernel: str, dtype) -> bool:
+  """Whether attention in `dtype` runs the fused CPU kernel under `kernel`."""
+  if kernel == 'xla':
+    return False
+  f32 = jnp.dtype(dtype) == jnp.float32
+  if kernel == 'cpu':
+    if not f32:
+      raise ValueError(f'attention kernel "cpu" is f32 only, got {dtype}')
+    if not cpu_attention.available():
+      raise RuntimeError('attention kernel "cpu": '
+                         f'{cpu_attention.unavailable_reason()}')
+    return True
+  return f32 and jax.default_backend() == 'cpu' and cpu_attention.available()
+
+
+def _matmul(layer: nnx.Linear, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`layer`'s x @ kernel and its bias, in the layer's compute dtype."""
+  x, kernel, bias = layer.promote_dtype(
+      (x, layer.kernel[...], layer.bias[...]), dtype=layer.dtype)
+  return jnp.dot(x, kernel), bias
+
+
 class MultiHeadAttention(nnx.Module):
   """Multi-head (self- or cross-) attention with an output projection.
 
-  Attention is `dot_product_attention` above, in (B, L, H, D) layout.
+  Attention runs in (B, L, H, D) layout, by `dot_product_attention` or the
+  fused CPU kernel as `attention_kernel` says (`use_cpu_kernel`).
   Dropout is applied to the projected output only, as with a fused kernel,
   which has no attention-probability dropout (HF BERT applies one, which
   matters only when training from scratch).
@@ -178,8 +215,10 @@ class MultiHeadAttention(nnx.Module):
 
   def __init__(self, dim: int, heads: int, *, kv_dim: int | None = None,
                post_ln_eps: float | None = None, dropout: float = 0.0,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               attention_kernel: str = 'auto', dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.heads = heads
+    self.attention_kernel = check_attention_kernel(attention_kernel)
     self.head_dim = check_heads(dim, heads)
     kv_dim = dim if kv_dim is None else kv_dim
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -208,13 +247,22 @@ class MultiHeadAttention(nnx.Module):
       (B, Lq, dim): projected attention output (post-LN'd if configured).
     """
     context = x if context is None else context
-    q = self._split_heads(self.query(x))
-    k = self._split_heads(self.key(context))
-    v = self._split_heads(self.value(context))
     if mask is not None:
       # Broadcast over heads and query positions: (B, 1, 1, Lk).
       mask = mask.astype(jnp.bool_)[:, None, None, :]
-    attn = dot_product_attention(q, k, v, mask)
+    dtype = self.query.dtype or jnp.result_type(x, self.query.kernel[...])
+    if use_cpu_kernel(self.attention_kernel, dtype):
+      # The kernel adds the q/k/v biases as it reads its operands, which
+      # saves a pass over each projection's output (and its gradient).
+      (q, bq), (k, bk), (v, bv) = (_matmul(layer, y) for layer, y in (
+          (self.query, x), (self.key, context), (self.value, context)))
+      attn = cpu_attention.attention(
+          self._split_heads(q), self._split_heads(k), self._split_heads(v),
+          mask, bias=(bq, bk, bv))
+    else:
+      attn = dot_product_attention(self._split_heads(self.query(x)),
+                                   self._split_heads(self.key(context)),
+                                   self._split_heads(self.value(context)), mask)
     attn = attn.reshape(*attn.shape[:-2], -1)
     return self.output(attn, x, deterministic=deterministic, rngs=rngs)
 
@@ -231,11 +279,14 @@ class PreLNBlock(nnx.Module):
   def __init__(self, dim: int, heads: int, mlp_dim: int, *,
                cross: bool = False, ln_eps: float = 1e-6,
                activation: str = 'gelu', dropout: float = 0.0,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               attention_kernel: str = 'auto', dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.layernorm_before = layer_norm(dim, ln_eps, **kw)
     self.layernorm_context = layer_norm(dim, ln_eps, **kw) if cross else None
-    self.attention = MultiHeadAttention(dim, heads, dropout=dropout, **kw)
+    self.attention = MultiHeadAttention(dim, heads, dropout=dropout,
+                                        attention_kernel=attention_kernel,
+                                        **kw)
     self.layernorm_after = layer_norm(dim, ln_eps, **kw)
     self.intermediate = Intermediate(dim, mlp_dim, activation=activation, **kw)
     self.output = DenseOutput(mlp_dim, dim, dropout=dropout, **kw)

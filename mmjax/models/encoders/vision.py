@@ -65,7 +65,8 @@ class ViT(nnx.Module):
                activation: str = 'gelu', pre_norm: bool = False,
                patch_bias: bool = True, norm_tokens: bool = True,
                pooler: bool = False, dropout: float = 0.0, remat: bool = False,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               attention_kernel: str = 'auto', dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     if pooling not in POOLINGS:
       raise ValueError(f'pooling must be one of {POOLINGS}, got {pooling!r}')
     if patch_size <= 0 or image_size <= 0 or image_size % patch_size:
@@ -97,7 +98,8 @@ class ViT(nnx.Module):
                           if pre_norm else None)
     self.layers = nnx.List([
         attn_lib.PreLNBlock(hidden, heads, mlp_dim, ln_eps=ln_eps,
-                            activation=activation, dropout=dropout, **kw)
+                            activation=activation, dropout=dropout,
+                            attention_kernel=attention_kernel, **kw)
         for _ in range(layers)
     ])
     self.layernorm = attn_lib.layer_norm(hidden, ln_eps, **kw)
