@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tokenizers
 
+from mmjax import cache as cache_lib
 from mmjax.data import catalog as catalog_lib
 from mmjax.data import synthetic
 from mmjax.data import text
@@ -316,11 +317,6 @@ def load_catalog(data_dir: str) -> catalog_lib.Catalog:
   ).validate()
 
 
-def _default_cache_root():
-  return os.environ.get("MMJAX_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "mmjax")
-
-
 def cached_dir(kind: str, key: dict, cache_root: str | None = None) -> str:
   """cache_root/<kind>-<hash of key and the format version>.
 
@@ -328,7 +324,7 @@ def cached_dir(kind: str, key: dict, cache_root: str | None = None) -> str:
   """
   key = json.dumps({**key, "format_version": FORMAT_VERSION}, sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  return os.path.join(cache_root or _default_cache_root(), f"{kind}-{digest}")
+  return os.path.join(cache_root or cache_lib.cache_root(), f"{kind}-{digest}")
 
 
 def ensure_synthetic(

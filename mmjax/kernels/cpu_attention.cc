@@ -53,7 +53,7 @@ void key_masks(const uint8_t* mask, int64_t tk, int64_t Np, float* keep,
 }
 
 // Scaled, masked logits S[tq x Np] = (q k^T) * scale from packed q rows and
-// k^T; also each row's max.
+// k^T; also each row's max, unless `row_max` is null.
 void logits(const Shape& s, const float* q, const float* kt, const float* keep,
             const float* fill, float* S, float* row_max) {
   const int64_t Np = round_up(s.tk), Dp = round_up(s.d);
@@ -68,6 +68,7 @@ void logits(const Shape& s, const float* q, const float* kt, const float* keep,
       store(row + j, y);
       mv = y > mv ? y : mv;
     }
+    if (row_max == nullptr) continue;
     float m = -INFINITY;
     for (int t = 0; t < kW; ++t) m = std::max(m, mv[t]);
     row_max[i] = m;
@@ -176,15 +177,15 @@ ffi::Error AttentionForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                 Dp = round_up(s.d);
   // One item per batch row: its heads share cache lines of q, k and v.
   parallel_for(pool, s.pairs / H, [&](int64_t b, std::vector<float>& buf) {
+    buf.resize(2 * Np + Dp * Np + 2 * s.tk * Dp + s.tq * Np + 2 * s.tq * Dp);
+    float *keep = buf.data(), *fill = keep + Np, *kt = fill + Np,
+          *kr = kt + Dp * Np, *vr = kr + s.tk * Dp, *qr = vr + s.tk * Dp,
+          *S = qr + s.tq * Dp, *obuf = S + s.tq * Np;
+    key_masks(mp + b * s.tk, s.tk, Np, keep, fill);
     for (int64_t h = 0; h < H; ++h) {
       const int64_t item = b * H + h;
-      buf.resize(2 * Np + Dp * Np + 2 * s.tk * Dp + s.tq * Np + 2 * s.tq * Dp);
-      float *keep = buf.data(), *fill = keep + Np, *kt = fill + Np,
-            *kr = kt + Dp * Np, *vr = kr + s.tk * Dp, *qr = vr + s.tk * Dp,
-            *S = qr + s.tq * Dp, *obuf = S + s.tq * Np;
       const int64_t q0 = (b * s.tq * H + h) * s.d, k0 = (b * s.tk * H + h) * s.d;
       float *mxi = mx + item * s.tq, *smi = sm + item * s.tq;
-      key_masks(mp + b * s.tk, s.tk, Np, keep, fill);
       transpose(pack(kp + k0, ld, s.tk, s.d, Dp, kr, bkp + h * s.d), s.tk, Np,
                 Dp, kt);
       pack(vp + k0, ld, s.tk, s.d, Dp, vr, bvp + h * s.d);
@@ -231,18 +232,18 @@ ffi::Error AttentionBackward(
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));
   // One item per batch row: its heads share cache lines of q, k and v.
   parallel_for(pool, s.pairs / H, [&](int64_t b, std::vector<float>& buf) {
+    buf.resize(2 * Np + 2 * Dp * Np + 4 * s.tk * Dp + 3 * s.tq * Dp +
+               2 * s.tq * Np + s.tq);
+    float *keep = buf.data(), *fill = keep + Np, *kt = fill + Np,
+          *vt = kt + Dp * Np, *kr = vt + Dp * Np, *vr = kr + s.tk * Dp,
+          *qr = vr + s.tk * Dp, *gr = qr + s.tq * Dp, *P = gr + s.tq * Dp,
+          *dS = P + s.tq * Np, *delta = dS + s.tq * Np,
+          *dkbuf = delta + s.tq, *dvbuf = dkbuf + s.tk * Dp,
+          *dqbuf = dvbuf + s.tk * Dp;
+    key_masks(mp + b * s.tk, s.tk, Np, keep, fill);
     for (int64_t h = 0; h < H; ++h) {
       const int64_t item = b * H + h;
-      buf.resize(2 * Np + 2 * Dp * Np + 4 * s.tk * Dp + 3 * s.tq * Dp +
-                 2 * s.tq * Np + 2 * s.tq);
-      float *keep = buf.data(), *fill = keep + Np, *kt = fill + Np,
-            *vt = kt + Dp * Np, *kr = vt + Dp * Np, *vr = kr + s.tk * Dp,
-            *qr = vr + s.tk * Dp, *gr = qr + s.tq * Dp, *P = gr + s.tq * Dp,
-            *dS = P + s.tq * Np, *delta = dS + s.tq * Np, *row_m = delta + s.tq,
-            *dkbuf = row_m + s.tq, *dvbuf = dkbuf + s.tk * Dp,
-            *dqbuf = dvbuf + s.tk * Dp;
       const int64_t q0 = (b * s.tq * H + h) * s.d, k0 = (b * s.tk * H + h) * s.d;
-      key_masks(mp + b * s.tk, s.tk, Np, keep, fill);
       transpose(pack(kp + k0, ld, s.tk, s.d, Dp, kr, bkp + h * s.d), s.tk, Np,
                 Dp, kt);
       transpose(pack(vp + k0, ld, s.tk, s.d, Dp, vr, bvp + h * s.d), s.tk, Np,
@@ -255,7 +256,7 @@ ffi::Error AttentionBackward(
         for (int64_t d = 0; d < s.d; ++d) acc += g[d] * o[d];
         delta[i] = acc;
       }
-      logits(s, qr, kt, keep, fill, P, row_m);
+      logits(s, qr, kt, keep, fill, P, nullptr);  // The saved max is used.
       probs_from_stats(s.tq, Np, P, mx + item * s.tq, sm + item * s.tq);
       // dP = dO V^T, then dS = P (dP - delta) * scale, zero on dropped keys.
       gemm(s.tq, Np, s.d, gr, Dp, 1, vt, Np, dS, Np);
@@ -282,10 +283,6 @@ ffi::Error AttentionBackward(
   });
   return ffi::Error::Success();
 }
-
-}  // namespace
-
-namespace {
 
 using F32 = ffi::Buffer<ffi::F32>;
 

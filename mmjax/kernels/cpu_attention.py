@@ -35,6 +35,8 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mmjax import cache as cache_lib
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name('cpu_attention.cc')
@@ -45,11 +47,10 @@ _TARGETS = {'mmjax_attention_fwd': 'MmjaxAttentionForward',
 
 
 def cache_dir() -> Path:
-  """Where compiled kernels live: $MMJAX_KERNEL_CACHE or ~/.cache/mmjax."""
-  root = os.environ.get('MMJAX_KERNEL_CACHE')
-  if root:
-    return Path(root)
-  return Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'mmjax' / 'kernels'
+  """Where compiled kernels live: $MMJAX_KERNEL_CACHE, else the kernels/
+  folder of mmjax's cache ($MMJAX_CACHE or ~/.cache/mmjax)."""
+  return Path(os.environ.get('MMJAX_KERNEL_CACHE')
+              or os.path.join(cache_lib.cache_root(), 'kernels'))
 
 
 def _cpu_features() -> str:

@@ -1,0 +1,9 @@
+"""Where mmjax caches what it builds: generated catalogs, compiled kernels."""
+
+import os
+
+
+def cache_root() -> str:
+  """$MMJAX_CACHE, else ~/.cache/mmjax."""
+  return os.environ.get("MMJAX_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "mmjax")
