@@ -70,6 +70,10 @@ def default_config() -> ConfigDict:
   # use) for f32 on XLA:CPU and XLA's attention elsewhere; "xla" always XLA's;
   # "cpu" insists on the kernel.
   c.model.attention_kernel = "auto"
+  # Who runs the dense layers' matmuls (models/encoders/linear.py), chosen
+  # the same way: "auto" the CPU kernels of mmjax/kernels/cpu_dense for f32
+  # on XLA:CPU (widths that are multiples of 16), XLA's dots elsewhere.
+  c.model.dense_kernel = "auto"
   c.model.text = ConfigDict(dict(
       hidden=64, layers=2, heads=4, mlp_dim=128, pooling="cls",
       dropout=0.0, type_vocab=2,
@@ -196,6 +200,7 @@ _CHOICES = {
     "data.raw.adapter": ("table", "clothing"),
     "model.dtype": ("float32", "bfloat16"),
     "model.attention_kernel": ("auto", "xla", "cpu"),
+    "model.dense_kernel": ("auto", "xla", "cpu"),
     "model.text.pooling": ("cls", "mean"),
     "model.image.kind": ("vit", "cnn"),
     "model.image.pooling": ("cls", "mean"),

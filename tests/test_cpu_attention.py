@@ -13,8 +13,10 @@ from flax import nnx
 
 from mmjax import config as config_lib
 from mmjax.errors import MmjaxError
-from mmjax.kernels import cpu_attention
+from mmjax.kernels import build, cpu_attention
 from mmjax.models.encoders import attention as attn_lib
+from kernel_checks import (assert_kernel_choices_agree, assert_unbuilt_kernels_fall_back,
+                           module_hlo)
 
 pytestmark = pytest.mark.skipif(
     not cpu_attention.available(),
@@ -88,29 +90,15 @@ def test_module_kernels_agree(cross):
   x = jnp.asarray(r.standard_normal((3, 9, 32)), jnp.float32)
   ctx = jnp.asarray(r.standard_normal((3, 7, 24)), jnp.float32) if cross else None
   mask = jnp.asarray(r.random((3, 7 if cross else 9)) > 0.2)
-  results = []
-  for kernel in ("cpu", "xla"):
-    graphdef, params = nnx.split(_mha(kernel, cross))
-
-    def loss(params):
-      out = nnx.merge(graphdef, params)(x, ctx, mask)
-      return jnp.sum(jnp.sin(out)), out
-
-    results.append(jax.jit(jax.grad(loss, has_aux=True))(params))
-  (g_cpu, out_cpu), (g_xla, out_xla) = results
-  np.testing.assert_allclose(out_cpu, out_xla, atol=1e-5, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(g_cpu), jax.tree.leaves(g_xla)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  assert_kernel_choices_agree(lambda kernel: _mha(kernel, cross), x, ctx, mask)
 
 
 def test_auto_uses_kernel_on_cpu_f32_only():
   x = jnp.ones((2, 5, 32), jnp.float32)
   for kernel, dtype, fused in (("auto", jnp.float32, True), ("xla", jnp.float32, False),
                                ("auto", jnp.bfloat16, False)):
-    m = attn_lib.MultiHeadAttention(32, 4, attention_kernel=kernel, dtype=dtype,
-                                    rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(m)
-    hlo = jax.jit(lambda p: nnx.merge(graphdef, p)(x)).lower(params).as_text()
+    hlo = module_hlo(attn_lib.MultiHeadAttention(32, 4, attention_kernel=kernel,
+                                                 dtype=dtype, rngs=nnx.Rngs(0)), x)
     assert ("mmjax_attention_fwd" in hlo) == fused, (kernel, dtype)
 
 
@@ -128,21 +116,17 @@ def test_bad_choices_are_errors(monkeypatch):
   with pytest.raises(MmjaxError, match="attention_kernel"):
     config_lib.validate(cfg)
   # Without the kernel "auto" falls back to XLA and "cpu" says why it can't.
-  monkeypatch.setattr(cpu_attention, "_load", lambda: "no C++ compiler (c++) on PATH")
-  x = jnp.ones((2, 5, 32), jnp.float32)
-  graphdef, params = nnx.split(_mha("auto", False))
-  hlo = jax.jit(lambda p: nnx.merge(graphdef, p)(x)).lower(params).as_text()
-  assert "mmjax_attention" not in hlo
-  with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
-    _mha("cpu", False)(x)
+  assert_unbuilt_kernels_fall_back(monkeypatch, cpu_attention.gate,
+                                   lambda kernel: _mha(kernel, False),
+                                   jnp.ones((2, 5, 32), jnp.float32), "mmjax_attention")
 
 
 def test_build_is_cached_and_failures_are_reported(tmp_path, monkeypatch):
   monkeypatch.setenv("MMJAX_KERNEL_CACHE", str(tmp_path))
-  lib = cpu_attention._build(cpu_attention._compiler())
+  lib = build.build(build.compiler())
   assert lib.parent == tmp_path and lib.exists()
   mtime = lib.stat().st_mtime_ns
-  assert cpu_attention._build(cpu_attention._compiler()) == lib
+  assert build.build(build.compiler()) == lib
   assert lib.stat().st_mtime_ns == mtime
   assert [p.name for p in tmp_path.iterdir()] == [lib.name]   # No temp left.
   fake = tmp_path / "cxx"
@@ -150,7 +134,7 @@ def test_build_is_cached_and_failures_are_reported(tmp_path, monkeypatch):
   fake.chmod(0o755)
   monkeypatch.setenv("MMJAX_KERNEL_CACHE", str(tmp_path / "other"))
   with pytest.raises(RuntimeError, match="fatal: no such compiler"):
-    cpu_attention._build(str(fake))
+    build.build(str(fake))
   assert not list((tmp_path / "other").iterdir())
 
 
@@ -159,7 +143,7 @@ _SHARDED = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import numpy as np, jax, jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from mmjax.kernels import cpu_attention
+    from mmjax.kernels import build, cpu_attention
     from mmjax.models.encoders.attention import dot_product_attention
     r = np.random.default_rng(0)
     q, k, v = (jnp.asarray(r.standard_normal((8, 9, 2, 16)), jnp.float32) for _ in range(3))

@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "parallel.h"
 #include "tiles.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -35,6 +36,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 using namespace mmjax_attention;  // NOLINT: the kernel's own helpers.
+using mmjax_kernels::parallel_for;
 
 struct Shape {
   int64_t pairs, heads, tq, tk, d;
@@ -101,31 +103,6 @@ void probs_from_stats(int64_t rows, int64_t Np, float* S, const float* row_max,
     for (int64_t j = 0; j < Np; j += kW)
       store(row + j, vexp(load(row + j) - row_max[i]) * inv);
   }
-}
-
-// Runs fn(item, scratch) for item in [0, n) on the caller and XLA's pool.
-// Late pool tasks find no items left and touch only the shared counters.
-template <typename Fn>
-void parallel_for(ffi::ThreadPool& pool, int64_t n, Fn fn) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, n, fn]() {
-    std::vector<float> scratch;
-    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
-      fn(i, scratch);
-      state->done.fetch_add(1);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
-
-  for (int64_t t = 0; t < helpers; ++t) {
-    auto task = work;
-    pool.Schedule(std::move(task));
-  }
-  work();
-  while (state->done.load() < n) std::this_thread::yield();
 }
 
 ffi::Error check(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k,

@@ -1,13 +1,10 @@
 """Fused attention on XLA:CPU through an XLA FFI custom call.
 
-`cpu_attention.cc` (with `tiles.h`) holds the forward and backward kernels.
-They are compiled on first use with the machine's C++ compiler (`$CXX`, else
-`c++`) for this CPU (`-march=native`), into a cache keyed by the sources, the
-jaxlib headers, the flags and the CPU's features (`cache_dir()`), the way
-torch.compile's CPU backend builds its C++; then they are registered as FFI
-targets. Where that fails (no compiler, say), `available()` is False, the
-reason is logged once and is in `unavailable_reason()`, and the model uses
-XLA's attention. `MMJAX_CPU_ATTENTION=0` turns the kernel off.
+`cpu_attention.cc` (with `tiles.h`) holds the forward and backward kernels,
+built and registered on first use by `mmjax.kernels.build`. Where that fails
+(no compiler, say), `available()` is False, the reason is logged once and is
+in `unavailable_reason()`, and the model uses XLA's attention.
+`MMJAX_CPU_ATTENTION=0` turns the kernel off.
 
 `attention(q, k, v, mask, bias)` has the semantics of
 `mmjax.models.encoders.attention.dot_product_attention` for f32 inputs, with
@@ -18,116 +15,16 @@ devices the calls are partitioned along the batch axis
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mmjax import cache as cache_lib
+from mmjax.kernels.gate import Gate
+from mmjax.kernels.partition import batch_partitioned
 
-log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name('cpu_attention.cc')
-HEADERS = (Path(__file__).with_name('tiles.h'),)
-FLAGS = ('-O3', '-march=native', '-std=gnu++17', '-shared', '-fPIC', '-w')
-_TARGETS = {'mmjax_attention_fwd': 'MmjaxAttentionForward',
-            'mmjax_attention_bwd': 'MmjaxAttentionBackward'}
-
-
-def cache_dir() -> Path:
-  """Where compiled kernels live: $MMJAX_KERNEL_CACHE, else the kernels/
-  folder of mmjax's cache ($MMJAX_CACHE or ~/.cache/mmjax)."""
-  return Path(os.environ.get('MMJAX_KERNEL_CACHE')
-              or os.path.join(cache_lib.cache_root(), 'kernels'))
-
-
-def _cpu_features() -> str:
-  """What -march=native compiles for: a library built on one CPU may not run
-  on another that shares the cache (a network home)."""
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      return next((line for line in f if line.startswith('flags')), '')
-  except OSError:
-    return platform.processor()
-
-
-def _compiler() -> str | None:
-  return shutil.which(os.environ.get('CXX', 'c++'))
-
-
-def _build(cxx: str) -> Path:
-  include = jax.ffi.include_dir()
-  key = hashlib.sha256()
-  for path in (SOURCE, *HEADERS):
-    key.update(path.read_bytes())
-  key.update(' '.join((cxx, include, jax.__version__, platform.machine(),
-                       _cpu_features()) + FLAGS).encode())
-  lib = cache_dir() / f'cpu_attention-{key.hexdigest()[:16]}.so'
-  if lib.exists():
-    return lib
-  lib.parent.mkdir(parents=True, exist_ok=True)
-  # Build beside the target, then rename: concurrent builders (pytest
-  # workers, hosts on a shared home) never see a partial library.
-  fd, tmp = tempfile.mkstemp(suffix='.so', dir=lib.parent)
-  os.close(fd)
-  try:
-    cmd = [cxx, *FLAGS, '-I', include, str(SOURCE), '-o', tmp]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-      raise RuntimeError(f'{" ".join(cmd)} failed:\n{done.stderr[-2000:]}')
-    os.replace(tmp, lib)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return lib
-
-
-@functools.cache
-def _load() -> str | None:
-  """Builds and registers the kernels once; returns why not, or None."""
-  if os.environ.get('MMJAX_CPU_ATTENTION', '1') == '0':
-    return 'disabled by MMJAX_CPU_ATTENTION=0'
-  cxx = _compiler()
-  if cxx is None:
-    return f'no C++ compiler ({os.environ.get("CXX", "c++")}) on PATH'
-  try:
-    lib = ctypes.cdll.LoadLibrary(str(_build(cxx)))
-    for name, symbol in _TARGETS.items():
-      jax.ffi.register_ffi_target(
-          name, jax.ffi.pycapsule(getattr(lib, symbol)), platform='cpu')
-  except (OSError, RuntimeError, AttributeError) as e:
-    return f'building the CPU attention kernel failed: {e}'
-  return None
-
-
-@functools.cache
-def _warn(reason: str) -> None:
-  log.warning('fused CPU attention unavailable, using XLA attention: %s',
-              reason)
-
-
-def available() -> bool:
-  """True when the kernels are built and registered (builds on first call)."""
-  reason = _load()
-  if reason is not None:
-    _warn(reason)
-  return reason is None
-
-
-def unavailable_reason() -> str | None:
-  return _load()
+gate = Gate('fused CPU attention', 'MMJAX_CPU_ATTENTION', "XLA's attention")
+available = gate.available
+unavailable_reason = gate.unavailable_reason
 
 
 def _stats_shape(q):
@@ -165,44 +62,9 @@ _BWD = ('b q h d, b k h d, b k h d, h d, h d, h d, b k, b q h d, b h q, b h q,'
         ' b q h d -> b q h d, b k h d, b k h d, b h d, b h d, b h d')
 
 
-def _specs(rule: str):
-  """A sharding rule's factor names, per operand and per result."""
-  ins, outs = rule.split('->')
-  parse = lambda side: tuple(x.split() for x in side.split(','))
-  return parse(ins), parse(outs)
-
-
-def _batch_partitioned(fn, rule):
-  """`fn` as a custom_partitioning op split along the batch axis."""
-  ins, outs = _specs(rule)
-
-  def shardings(mesh, batch_axes, operands):
-    return tuple(NamedSharding(mesh, P(*[batch_axes if f == 'b' else None
-                                          for f in dims]))
-                 for dims in operands)
-
-  def batch_axes_of(arg_shapes):
-    spec = getattr(arg_shapes[0].sharding, 'spec', None)
-    return spec[0] if spec else None
-
-  def infer(mesh, arg_shapes, result_shape):
-    del result_shape
-    return shardings(mesh, batch_axes_of(arg_shapes), outs)
-
-  def partition(mesh, arg_shapes, result_shape):
-    del result_shape
-    axes = batch_axes_of(arg_shapes)
-    return mesh, fn, shardings(mesh, axes, outs), shardings(mesh, axes, ins)
-
-  wrapped = custom_partitioning(fn)
-  wrapped.def_partition(
-      infer_sharding_from_operands=infer, partition=partition,
-      sharding_rule=rule, need_replication_factors=('q', 'h', 'd', 'k'))
-  return wrapped
-
-
-_forward = _batch_partitioned(_forward_call, _FWD)
-_backward = _batch_partitioned(_backward_call, _BWD)
+_REPLICATED = ('q', 'h', 'd', 'k')
+_forward = batch_partitioned(_forward_call, _FWD, _REPLICATED)
+_backward = batch_partitioned(_backward_call, _BWD, _REPLICATED)
 
 
 @jax.custom_vjp
@@ -234,7 +96,7 @@ def attention(q, k, v, mask=None, bias=None):
   `mask` is (B, Lk) or (B, 1, 1, Lk), truthy = attend. Call `available()`
   first; this raises if the kernel could not be built.
   """
-  reason = _load()
+  reason = gate.unavailable_reason()
   if reason is not None:
     raise RuntimeError(reason)
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:

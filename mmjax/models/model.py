@@ -12,6 +12,7 @@ from flax import nnx
 
 from mmjax.models import pretrained
 from mmjax.models.aligners import Projection
+from mmjax.models.encoders.linear import set_dense_kernel
 from mmjax.models.encoders.text import BertEncoder, MaskedLMHead
 from mmjax.models.encoders.vision import SmallCNN, ViT
 from mmjax.models.fusion import build_fusion
@@ -155,4 +156,6 @@ class MultimodalRecommender(nnx.Module):
 
 
 def build_model(cfg, shapes: DataShapes, *, seed: int) -> MultimodalRecommender:
-  return MultimodalRecommender(cfg, shapes, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  model = MultimodalRecommender(cfg, shapes, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  set_dense_kernel(model, cfg.dense_kernel)
+  return model

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.kernels import cpu_attention
+from mmjax.kernels.gate import check_choice
 from mmjax.models.encoders.linear import Dense
 
 # BERT-style initialisation: N(0, 0.02) kernels, zero biases.
@@ -168,39 +169,13 @@ def dot_product_attention(q, k, v, mask=None):
   return jnp.einsum("bnts,bsnh->btnh", probs, v)
 
 
-# How attention runs: "xla" is `dot_product_attention`; "cpu" the fused
-# kernel of mmjax/kernels (f32 on XLA:CPU); "auto" that kernel where it
-# applies (CPU backend, f32, kernel built) and XLA's elsewhere.
-ATTENTION_KERNELS = ('auto', 'xla', 'cpu')
-
-
-def check_attention_kernel(kernel: str) -> str:
-  if kernel not in ATTENTION_KERNELS:
-    raise ValueError(
-        f'attention kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}')
-  return kernel
-
-
 def use_cpu_kernel(kernel: str, dtype) -> bool:
-  """Whether attention in `dtype` runs the fused CPU kernel under `kernel`."""
-  if kernel == 'xla':
-    return False
+  """Whether attention in `dtype` runs the fused CPU kernel under `kernel`
+  ("auto", "xla" or "cpu": mmjax.kernels.gate); the kernel is f32 only."""
   f32 = jnp.dtype(dtype) == jnp.float32
-  if kernel == 'cpu':
-    if not f32:
-      raise ValueError(f'attention kernel "cpu" is f32 only, got {dtype}')
-    if not cpu_attention.available():
-      raise RuntimeError('attention kernel "cpu": '
-                         f'{cpu_attention.unavailable_reason()}')
-    return True
-  return f32 and jax.default_backend() == 'cpu' and cpu_attention.available()
-
-
-def _matmul(layer: nnx.Linear, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """`layer`'s x @ kernel and its bias, in the layer's compute dtype."""
-  x, kernel, bias = layer.promote_dtype(
-      (x, layer.kernel[...], layer.bias[...]), dtype=layer.dtype)
-  return jnp.dot(x, kernel), bias
+  if kernel == 'cpu' and not f32:
+    raise ValueError(f'attention kernel "cpu" is f32 only, got {dtype}')
+  return f32 and cpu_attention.gate.wanted(kernel)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -218,7 +193,7 @@ class MultiHeadAttention(nnx.Module):
                attention_kernel: str = 'auto', dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.heads = heads
-    self.attention_kernel = check_attention_kernel(attention_kernel)
+    self.attention_kernel = check_choice('attention', attention_kernel)
     self.head_dim = check_heads(dim, heads)
     kv_dim = dim if kv_dim is None else kv_dim
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -254,7 +229,7 @@ class MultiHeadAttention(nnx.Module):
     if use_cpu_kernel(self.attention_kernel, dtype):
       # The kernel adds the q/k/v biases as it reads its operands, which
       # saves a pass over each projection's output (and its gradient).
-      (q, bq), (k, bk), (v, bv) = (_matmul(layer, y) for layer, y in (
+      (q, bq), (k, bk), (v, bv) = (layer.unbiased(y) for layer, y in (
           (self.query, x), (self.key, context), (self.value, context)))
       attn = cpu_attention.attention(
           self._split_heads(q), self._split_heads(k), self._split_heads(v),

@@ -7,6 +7,11 @@ that sum into a strided reduce-window, which on the base config ran at
 forward + backward. Here the bias gradient is a matrix-vector product
 (ones @ dy) instead, which XLA runs at memory speed; the input and kernel
 gradients are the same dots autodiff would emit.
+
+`Dense.matmul_kernel` picks who runs the matmuls: "xla" is `linear` here;
+"cpu" the kernels of mmjax/kernels/cpu_dense (f32 on XLA:CPU, widths that
+are multiples of 16; other layers stay on XLA); "auto" those kernels where
+they apply (CPU backend, f32, built) and XLA elsewhere (GPU/TPU, bf16).
 """
 
 from __future__ import annotations
@@ -14,6 +19,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from mmjax.kernels import cpu_dense
+from mmjax.kernels.gate import check_choice
+
+
+def use_cpu_dense(kernel: str, x: jax.Array, weight: jax.Array) -> bool:
+  """Whether x @ weight runs on the CPU dense kernels under `kernel`
+  ("auto", "xla" or "cpu": mmjax.kernels.gate); operands the kernels don't
+  take (cpu_dense.supports) stay on XLA whatever the choice."""
+  return cpu_dense.supports(x, weight) and cpu_dense.gate.wanted(kernel)
 
 
 def _rows(x: jax.Array) -> jax.Array:
@@ -45,14 +60,42 @@ linear.defvjp(_linear_fwd, _linear_bwd)
 
 class Dense(nnx.Linear):
   """nnx.Linear (same parameters, init and dtype promotion) whose biased
-  matmul goes through `linear` above. Whatever `linear` does not model (no
-  bias, an output sharding, a precision or accumulation dtype) is left to
-  nnx.Linear."""
+  matmul goes through `linear` above or the CPU kernels, as
+  `matmul_kernel` says. Whatever those do not model (no bias, an output
+  sharding, a precision or accumulation dtype) is left to nnx.Linear."""
+
+  def __init__(self, *args, matmul_kernel: str = 'auto', **kwargs):
+    super().__init__(*args, **kwargs)
+    self.matmul_kernel = check_choice('dense', matmul_kernel)
+
+  def _plain(self, out_sharding) -> bool:
+    return (self.bias is None or out_sharding is not None
+            or self.precision is not None
+            or self.preferred_element_type is not None)
 
   def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:
-    if (self.bias is None or out_sharding is not None or self.precision is not None
-        or self.preferred_element_type is not None):
+    if self._plain(out_sharding):
       return super().__call__(x, out_sharding)
     x, kernel, bias = self.promote_dtype(
         (x, self.kernel[...], self.bias[...]), dtype=self.dtype)
+    if use_cpu_dense(self.matmul_kernel, x, kernel):
+      return cpu_dense.linear(x, kernel, bias)
     return linear(x, kernel, bias)
+
+  def unbiased(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x @ kernel and the bias, apart (in the compute dtype), for a caller
+    that adds the bias itself (the fused attention kernel)."""
+    x, kernel, bias = self.promote_dtype(
+        (x, self.kernel[...], self.bias[...]), dtype=self.dtype)
+    if use_cpu_dense(self.matmul_kernel, x, kernel):
+      return cpu_dense.linear(x, kernel), bias
+    return jnp.dot(x, kernel), bias
+
+
+def set_dense_kernel(module: nnx.Module, kernel: str) -> None:
+  """Sets `matmul_kernel` on every Dense layer in `module`'s tree (the
+  config's model.dense_kernel, applied once the model is built)."""
+  check_choice('dense', kernel)
+  for _, node in nnx.iter_graph(module):
+    if isinstance(node, Dense):
+      node.matmul_kernel = kernel
