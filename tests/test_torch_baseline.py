@@ -13,12 +13,10 @@ torch = pytest.importorskip("torch")
 from mmjax.baselines.torch import transfer  # noqa: E402
 from mmjax.baselines.torch.model import TorchMultimodalRecommender  # noqa: E402
 from mmjax.baselines.torch.train_step import TorchTrainStep, to_torch_batch  # noqa: E402
-from mmjax.data import store  # noqa: E402
-from mmjax.data.features import TextTokenizer  # noqa: E402
-from mmjax.data.pipeline import train_dataset  # noqa: E402
-from mmjax.models.model import DataShapes, build_model  # noqa: E402
+from mmjax.models.model import build_model  # noqa: E402
 from mmjax.train import mesh as mesh_lib  # noqa: E402
 from mmjax.train.step import init_state, make_train_step, state_shardings  # noqa: E402
+from tiny import shapes_and_batch  # noqa: E402
 
 pytestmark = pytest.mark.slow   # Two JAX step compiles: ~40-80 s on 2 shared cores.
 LR = 0.5
@@ -38,16 +36,6 @@ def _configure(config, fusion="mlp", pooling="cls", history="memory", item_bias=
   return config
 
 
-def _setup(config):
-  catalog = store.load_catalog(config.data.dir)
-  tok = TextTokenizer(store.tokenizer_path(config.data.dir), config.data.max_text_len)
-  shapes = DataShapes.of(catalog, tok, config.data.max_text_len)
-  batch = next(iter(train_dataset(config.data.dir, catalog, config.data,
-                                  batch_size=config.train.batch_size, seed=0,
-                                  co_items=config.loss.co_item > 0)))
-  return shapes, {k: np.asarray(v) for k, v in batch.items()}
-
-
 def _copy(tree):
   # Fresh arrays and Variable objects: nnx.merge shares a State's Variables.
   return jax.tree.map(np.array, tree)
@@ -64,7 +52,7 @@ def one_step(request, data_dir):
   config = tiny_config()
   config.data.dir = data_dir
   config = _configure(config, **VARIANTS[request.param])
-  shapes, batch = _setup(config)
+  shapes, batch = shapes_and_batch(config)
   tx = optax.sgd(LR)
   graphdef, state = init_state(build_model(config.model, shapes, seed=0), tx, 0)
   start = _copy((state["params"], state["rest"]))

@@ -33,3 +33,20 @@ def tiny_config():
   c.train.checkpoint_every = 3
   c.train.eval_batch_size = 32
   return c
+
+
+def shapes_and_batch(config):
+  """The model's DataShapes and the first train batch (numpy) of the catalog
+  at config.data.dir."""
+  import numpy as np
+  from mmjax.data import store
+  from mmjax.data.features import TextTokenizer
+  from mmjax.data.pipeline import train_dataset
+  from mmjax.models.model import DataShapes
+  catalog = store.load_catalog(config.data.dir)
+  tok = TextTokenizer(store.tokenizer_path(config.data.dir), config.data.max_text_len)
+  shapes = DataShapes.of(catalog, tok, config.data.max_text_len)
+  batch = next(iter(train_dataset(config.data.dir, catalog, config.data,
+                                  batch_size=config.train.batch_size, seed=0,
+                                  co_items=config.loss.co_item > 0)))
+  return shapes, {k: np.asarray(v) for k, v in batch.items()}

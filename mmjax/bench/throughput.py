@@ -15,6 +15,12 @@ buffers' page faults costing twice the kernel time); the switch-in times are
 reported too, and --switch-in 0 times the cold switch instead. FLOPs per
 step come from XLA's cost analysis of the compiled JAX step (the same math
 runs on the torch side). Writes JSON and prints a markdown table.
+
+On a GPU both sides run there: JAX on its default backend, torch on CUDA
+(synchronized before each round's clock stops), and `--dtype bfloat16` is
+the config's model.dtype for JAX and autocast for torch, parameters f32 on
+both. Where the chip's peak is known (`PEAK_FLOPS`, or --peak-tflops) each
+run's MFU is achieved FLOP/s over that peak.
 """
 
 import argparse
@@ -47,6 +53,9 @@ from mmjax.train.step import (compiler_options, init_state, make_multi_step,
 from mmjax.train.trainer import resolve_data_dir
 
 RUNS = ("jax", "torch_eager", "torch_compile")
+# Dense bf16 tensor-core peaks (FLOP/s) of chips whose MFU is reported by
+# default, matched against jax.devices()[0].device_kind.
+PEAK_FLOPS = {"bfloat16": {"H100": 989e12, "H200": 989e12}}
 
 
 def log(message: str) -> None:
@@ -68,6 +77,26 @@ def load_config(path: str):
   config = runpy.run_path(path)["get_config"]()
   config_lib.validate(config)
   return config
+
+
+def torch_device() -> str:
+  """Where the torch runs go: CUDA when JAX runs on a GPU, else the CPU. A
+  comparison across kinds of chip would mean nothing, so JAX on a GPU
+  without CUDA torch, or on a TPU, is an error (time JAX alone: --runs jax)."""
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return "cpu"
+  if backend == "gpu" and torch.cuda.is_available():
+    return "cuda"
+  raise SystemExit(f"JAX runs on {backend} but torch has no such device "
+                   f"(torch.cuda.is_available() is {torch.cuda.is_available()}); "
+                   "pass --runs jax to time JAX alone")
+
+
+def peak_flops(dtype: str) -> float | None:
+  """The known dense peak of this chip for `dtype` (PEAK_FLOPS), or None."""
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_FLOPS.get(dtype, {}).items() if k in kind), None)
 
 
 def make_batches(config, count: int):
@@ -130,20 +159,25 @@ class JaxRunner:
 class TorchRunner:
   """The PyTorch baseline's train step, eager or torch.compile'd."""
 
-  def __init__(self, config, shapes, batches, jax_model, *, compile: bool):
+  def __init__(self, config, shapes, batches, jax_model, *, compile: bool,
+               device: str = "cpu"):
     model = TorchMultimodalRecommender(config.model, shapes)
     to_torch(jax_model, model)
+    model.to(device)
+    self.device = device
     self.step = torch_step.TorchTrainStep(
         model, config.loss, torch_step.make_optimizer(model, config.train),
         lr=torch_step.lr_table(config.train), grad_clip=config.train.grad_clip,
-        compile=compile)
-    self.batches = [torch_step.to_torch_batch(b) for b in batches]
+        compile=compile, compute_dtype=getattr(torch, config.model.dtype))
+    self.batches = [torch_step.to_torch_batch(b, device) for b in batches]
     self.compile_s = 0.0
 
   def run(self, steps: int) -> float:
     t = time.perf_counter()
     for i in range(steps):
       self.step(self.batches[i % len(self.batches)])
+    if self.device == "cuda":   # The clock stops when the GPU is done.
+      torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
@@ -172,15 +206,19 @@ def interleave(runners: dict, *, steps: int, rounds: int, switch_steps: int):
 
 
 def measure(config, *, steps: int, rounds: int, warmup: int, num_batches: int,
-            switch_steps: int = 0) -> dict:
-  """The three runs on `config`, interleaved (`interleave`; `switch_steps`
-  untimed steps start each turn); the figures main() writes as JSON."""
+            switch_steps: int = 0, runs=RUNS, peak: float | None = None) -> dict:
+  """The `runs` (jax first, then any of the torch runs) on `config`,
+  interleaved (`interleave`; `switch_steps` untimed steps start each turn);
+  the figures main() writes as JSON. With `peak` (FLOP/s), each run's MFU."""
   shapes, batches = make_batches(config, num_batches)
   log(f"{num_batches} batches of {config.train.batch_size} ready")
   runners = {"jax": JaxRunner(config, shapes, batches)}
   log(f"jax step compiled in {runners['jax'].compile_s:.1f}s")
+  device = torch_device() if len(runs) > 1 else None
   for name, compiled in (("torch_eager", False), ("torch_compile", True)):
-    runners[name] = TorchRunner(config, shapes, batches, runners["jax"].model, compile=compiled)
+    if name in runs:
+      runners[name] = TorchRunner(config, shapes, batches, runners["jax"].model,
+                                  compile=compiled, device=device)
   for name, runner in runners.items():
     warm_up(runner, warmup)
     log(f"{name} warmed up ({runner.compile_s:.1f}s with compilation)")
@@ -189,29 +227,36 @@ def measure(config, *, steps: int, rounds: int, warmup: int, num_batches: int,
   flops = runners["jax"].flops
   bs = config.train.batch_size
   out = {}
-  for name in RUNS:
+  for name in runners:
     step_s = statistics.median(times[name])
     out[name] = dict(examples_per_sec=bs / step_s, step_ms=1e3 * step_s,
                      step_ms_rounds=[1e3 * t for t in times[name]],
                      achieved_flops_per_sec=flops / step_s,
+                     mfu=flops / step_s / peak if peak else None,
                      switch_in_step_ms=(1e3 * statistics.median(switch_times[name])
                                         if switch_steps else None),
                      warmup_and_compile_s=runners[name].compile_s)
   out["flops_per_step"] = flops
-  out["ratio_vs_eager"] = out["jax"]["examples_per_sec"] / out["torch_eager"]["examples_per_sec"]
-  out["ratio_vs_compile"] = (out["jax"]["examples_per_sec"]
-                             / out["torch_compile"]["examples_per_sec"])
+  out["peak_flops_per_sec"] = peak
+  out["torch_device"] = device
+  for key, name in (("ratio_vs_eager", "torch_eager"), ("ratio_vs_compile", "torch_compile")):
+    out[key] = (out["jax"]["examples_per_sec"] / out[name]["examples_per_sec"]
+                if name in out else None)
   return out
 
 
 def markdown(result: dict) -> str:
-  rows = ["| run | examples/s | step ms | achieved GFLOP/s | JAX speed-up over it |",
-          "|---|---:|---:|---:|---:|"]
+  mfu = result.get("peak_flops_per_sec") is not None
+  rows = ["| run | examples/s | step ms | achieved GFLOP/s |" + (" MFU |" if mfu else "")
+          + " JAX speed-up over it |",
+          "|---|---:|---:|---:|" + ("---:|" if mfu else "") + "---:|"]
   jax_eps = result["jax"]["examples_per_sec"]
-  for name in RUNS:
+  for name in (n for n in RUNS if n in result):
     r = result[name]
     rows.append(f"| {name} | {r['examples_per_sec']:.1f} | {r['step_ms']:.1f} | "
-                f"{r['achieved_flops_per_sec'] / 1e9:.1f} | {jax_eps / r['examples_per_sec']:.2f}x |")
+                f"{r['achieved_flops_per_sec'] / 1e9:.1f} |"
+                + (f" {100 * r['mfu']:.1f}% |" if mfu else "")
+                + f" {jax_eps / r['examples_per_sec']:.2f}x |")
   return "\n".join(rows)
 
 
@@ -228,17 +273,31 @@ def main(argv=None) -> dict:
                       "steps) each run takes before its timed steps; 0: cold switch")
   p.add_argument("--threads", type=int, default=os.cpu_count(),
                  help="torch intra-op threads (XLA's CPU pool uses every core)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                 help="compute dtype (model.dtype; torch autocast); default: the config's")
+  p.add_argument("--runs", default=",".join(RUNS),
+                 help=f"which runs, comma-separated; jax is always one ({','.join(RUNS)})")
+  p.add_argument("--peak-tflops", type=float,
+                 help="the chip's peak for MFU; default: known chips' dense bf16 peak")
   args = p.parse_args(argv)
   if args.steps < 1 or args.rounds < 1 or args.switch_in < 0:
     p.error("--steps and --rounds must be >= 1 and --switch-in >= 0")
+  runs = tuple(r for r in args.runs.split(",") if r)
+  if "jax" not in runs or not set(runs) <= set(RUNS):
+    p.error(f"--runs takes jax and any of {RUNS[1:]}, got {args.runs!r}")
   torch.set_num_threads(args.threads)
   config = load_config(args.config)
+  if args.dtype:
+    config.model.dtype = args.dtype
+  peak = 1e12 * args.peak_tflops if args.peak_tflops else peak_flops(config.model.dtype)
   switch_steps = args.switch_in * config.train.steps_per_call
   result = measure(config, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
-                   num_batches=args.batches, switch_steps=switch_steps)
+                   num_batches=args.batches, switch_steps=switch_steps, runs=runs,
+                   peak=peak)
   result.update(
-      config=args.config, batch_size=config.train.batch_size,
-      device=f"{jax.devices()[0].platform}: {cpu_name()}, {os.cpu_count()} cores",
+      config=args.config, batch_size=config.train.batch_size, dtype=config.model.dtype,
+      device=(f"cpu: {cpu_name()}, {os.cpu_count()} cores" if jax.default_backend() == "cpu"
+              else f"{jax.default_backend()}: {jax.devices()[0].device_kind}"),
       threads=dict(torch_intra_op=torch.get_num_threads(),
                    torch_inter_op=torch.get_num_interop_threads(),
                    xla_cpu="all cores (XLA's default CPU pool)",
@@ -252,8 +311,9 @@ def main(argv=None) -> dict:
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
   print(result["markdown"])
-  print(f"ratio_vs_eager {result['ratio_vs_eager']:.2f}, "
-        f"ratio_vs_compile {result['ratio_vs_compile']:.2f}; {result['device']}")
+  ratios = ", ".join(f"{k} {result[k]:.2f}" for k in ("ratio_vs_eager", "ratio_vs_compile")
+                     if result[k] is not None)
+  print(f"{ratios or 'jax alone'}; {result['device']}")
   return result
 
 

@@ -191,7 +191,9 @@ class Recommender(nn.Module):
     if self.item_memory is None:
       return
     n = self.item_memory.shape[0]
-    total = torch.zeros_like(self.item_memory).index_add_(0, item_ids, vectors.detach())
+    # The memory stays f32 when the step computes in bf16 (autocast).
+    vectors = vectors.detach().to(self.item_memory.dtype)
+    total = torch.zeros_like(self.item_memory).index_add_(0, item_ids, vectors)
     count = torch.zeros(n, 1, dtype=vectors.dtype, device=vectors.device).index_add_(
         0, item_ids, torch.ones_like(vectors[:, :1]))
     self.item_memory.copy_(torch.where(count > 0, total / count.clamp_min(1.0),

@@ -16,12 +16,13 @@ from mmjax.baselines.torch.losses import loss_terms, weighted_total
 from mmjax.train.optimizer import learning_rate
 
 
-def to_torch_batch(batch: dict) -> dict:
-  """A numpy batch as torch tensors; integer ids as int64, torch's index type."""
+def to_torch_batch(batch: dict, device: str = "cpu") -> dict:
+  """A numpy batch as torch tensors on `device`; integer ids as int64,
+  torch's index type."""
   out = {}
   for k, v in batch.items():
     t = torch.from_numpy(np.array(v))
-    out[k] = t.long() if not t.is_floating_point() else t
+    out[k] = (t.long() if not t.is_floating_point() else t).to(device)
   return out
 
 
@@ -43,13 +44,17 @@ class TorchTrainStep:
 
   compile=True compiles forward + loss with torch.compile (inductor); the
   backward is compiled with it by AOTAutograd. The fused AdamW is one kernel
-  already, so the optimizer step is left eager.
+  already, so the optimizer step is left eager. compute_dtype=torch.bfloat16
+  runs forward + loss under autocast (parameters and optimizer stay f32), as
+  mmjax's model.dtype = "bfloat16" does.
   """
 
   def __init__(self, model, loss_cfg, optimizer, *, lr: np.ndarray | None = None,
-               grad_clip: float = 0.0, compile: bool = False):
+               grad_clip: float = 0.0, compile: bool = False,
+               compute_dtype: torch.dtype = torch.float32):
     self.model, self.loss_cfg, self.optimizer = model, loss_cfg, optimizer
     self.lr, self.grad_clip, self.step_count = lr, grad_clip, 0
+    self.compute_dtype = compute_dtype
     self.params = [p for p in model.parameters() if p.requires_grad]
     self._loss = torch.compile(self._loss_fn) if compile else self._loss_fn
 
@@ -61,7 +66,10 @@ class TorchTrainStep:
     self.model.train()
     self.optimizer.zero_grad(set_to_none=True)
     joint = self.step_count >= self.loss_cfg.pretrain_steps
-    loss, terms, extras = self._loss(batch, joint)
+    device = next(self.model.parameters()).device.type
+    with torch.autocast(device, dtype=self.compute_dtype,
+                        enabled=self.compute_dtype != torch.float32):
+      loss, terms, extras = self._loss(batch, joint)
     loss.backward()
     if self.grad_clip:
       torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
