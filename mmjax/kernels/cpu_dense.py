@@ -4,8 +4,8 @@
 dW = x^T dy with db = sum(dy) in one pass, built with the attention kernel
 by `mmjax.kernels.build`. XLA:CPU runs f32 dots through Eigen's tensor
 contraction, which repacks both operands on every call; these kernels pack
-only the weight and read the activation in place (gemm.h), and on the base
-config's layers ran at ~170-200 GFLOP/s where Eigen ran at 110-190.
+only the weight and read the activation in place (gemm.h). On the base
+config the whole train step ran 7-13% faster with them (docs/benchmarking.md).
 
 `linear(x, kernel, bias)` is `x @ kernel + bias` with that forward and
 backward, for f32 and widths (kernel's rows and columns) that are multiples

@@ -1,14 +1,18 @@
 // A blocked f32 matmul for the dense layers (cpu_dense.cc): C = A B with
 // 6 x 64 register tiles (24 accumulators, one B row of 4 vectors per k and
-// 6 broadcasts of A), the bias added as the tiles are stored, and the column
-// sums of B (a bias gradient) taken while B streams through the tiles.
+// 6 broadcasts of A) and the bias added as the tiles are stored; and the
+// weight gradient A^T B, with the column sums of B (the bias gradient) taken
+// as B is packed.
 //
 // Why not XLA's dot: XLA:CPU runs f32 dots through Eigen's tensor
-// contraction, which packs both operands for every call and reached
-// 110-137 GFLOP/s on the base config's K = 256 layers on 2 Zen 4 cores
-// (11.8% of the step's CPU samples were its packing). Here A is never
-// packed: its rows are read in place by broadcasts, so only the small
-// weight operand is packed, and these shapes run at ~200 GFLOP/s.
+// contraction, which packs both operands for every call. Here A (the
+// activation, thousands of rows) is never packed: its rows are read in place
+// by broadcasts, and only the small weight operand is packed. The weight
+// gradient packs both sides per 256-row chunk of its reduction axis instead,
+// since read in place their rows (M or N floats apart) share a few L1 sets.
+// Measured on the base config's layers (docs/benchmarking.md): the weight
+// gradients 1.05-1.6x XLA's speed, the forward and input gradients 0.7-1.35x,
+// and the whole base step 7-13% faster.
 
 #pragma once
 
@@ -36,18 +40,15 @@ struct Strided {
   int64_t rs, cs;
 };
 
-// C[R x 16V] (+)= sum_k A(r, k) B[k, :16V], B's rows `ldb` floats apart. At
-// the end `bias` (16V floats, or null) is added; with SUM, `sums` (16V
-// floats) accumulates the column sums of the B rows read.
-template <int R, int V, bool SUM>
+// C[R x 16V] (+)= sum_k A(r, k) B[k, :16V], B's rows `ldb` floats apart;
+// at the end `bias` (16V floats, or null) is added.
+template <int R, int V>
 inline void tile(int64_t kc, const float* a, int64_t a_r, int64_t a_k,
                  const float* b, int64_t ldb, float* c, int64_t ldc, bool acc,
-                 const float* bias, float* sums) {
-  v16 t[R][V], s[V];
+                 const float* bias) {
+  v16 t[R][V];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < V; ++j) t[r][j] = acc ? load(c + r * ldc + j * kW) : v16{};
-  if (SUM)
-    for (int j = 0; j < V; ++j) s[j] = load(sums + j * kW);
   for (int64_t k = 0; k < kc; ++k) {
     v16 bv[V];
     for (int j = 0; j < V; ++j) bv[j] = load(b + k * ldb + j * kW);
@@ -55,43 +56,37 @@ inline void tile(int64_t kc, const float* a, int64_t a_r, int64_t a_k,
       const v16 av = splat(a[r * a_r + k * a_k]);
       for (int j = 0; j < V; ++j) t[r][j] += av * bv[j];
     }
-    if (SUM)
-      for (int j = 0; j < V; ++j) s[j] += bv[j];
   }
   if (bias)
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < V; ++j) t[r][j] += load(bias + j * kW);
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < V; ++j) store(c + r * ldc + j * kW, t[r][j]);
-  if (SUM)
-    for (int j = 0; j < V; ++j) store(sums + j * kW, s[j]);
 }
 
-template <int R, bool SUM>
+template <int R>
 inline void tile_cols(int vecs, int64_t kc, const float* a, int64_t a_r,
                       int64_t a_k, const float* b, int64_t ldb, float* c,
-                      int64_t ldc, bool acc, const float* bias, float* sums) {
+                      int64_t ldc, bool acc, const float* bias) {
   switch (vecs) {
-    case 4: return tile<R, 4, SUM>(kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias, sums);
-    case 3: return tile<R, 3, SUM>(kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias, sums);
-    case 2: return tile<R, 2, SUM>(kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias, sums);
-    case 1: return tile<R, 1, SUM>(kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias, sums);
+    case 4: return tile<R, 4>(kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias);
+    case 3: return tile<R, 3>(kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias);
+    case 2: return tile<R, 2>(kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias);
+    case 1: return tile<R, 1>(kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias);
   }
 }
 
 // One tile of `rows` (1..6) rows and `vecs` (1..4) vectors.
-template <bool SUM>
 inline void any_tile(int rows, int vecs, int64_t kc, const float* a,
                      int64_t a_r, int64_t a_k, const float* b, int64_t ldb,
-                     float* c, int64_t ldc, bool acc, const float* bias,
-                     float* sums) {
+                     float* c, int64_t ldc, bool acc, const float* bias) {
   switch (rows) {
-    case 6: return tile_cols<6, SUM>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias, sums);
-    case 5: return tile_cols<5, SUM>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias, sums);
-    case 4: return tile_cols<4, SUM>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias, sums);
-    case 3: return tile_cols<3, SUM>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias, sums);
-    case 2: return tile_cols<2, SUM>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias, sums);
-    case 1: return tile_cols<1, SUM>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias, sums);
+    case 6: return tile_cols<6>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias);
+    case 5: return tile_cols<5>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias);
+    case 4: return tile_cols<4>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias);
+    case 3: return tile_cols<3>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias);
+    case 2: return tile_cols<2>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias);
+    case 1: return tile_cols<1>(vecs, kc, a, a_r, a_k, b, ldb, c, ldc, acc, bias);
   }
 }
 
@@ -156,9 +151,9 @@ struct PackedGemm {
         for (int64_t p = 0; p < panels(); ++p) {
           const int64_t j = p * kCols;
           const int vecs = static_cast<int>(std::min<int64_t>(kCols, N - j) / kW);
-          any_tile<false>(rows, vecs, kc, a.p + i * a.rs + k0 * a.cs, a.rs, a.cs,
-                          panel(ch, p), kCols, c + i * N + j, N, ch > 0,
-                          last && bias ? bias + j : nullptr, nullptr);
+          any_tile(rows, vecs, kc, a.p + i * a.rs + k0 * a.cs, a.rs, a.cs,
+                   panel(ch, p), kCols, c + i * N + j, N, ch > 0,
+                   last && bias ? bias + j : nullptr);
         }
       }
     }
@@ -222,9 +217,8 @@ struct ReduceGemm {
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t j = p * kCols;
           const int vecs = static_cast<int>(std::min<int64_t>(kCols, N - j) / kW);
-          any_tile<false>(rows, vecs, tc, pa + st * tc * kRows, 1, kRows,
-                          pb + p * tc * kCols, kCols, part + i * N + j, N, true,
-                          nullptr, nullptr);
+          any_tile(rows, vecs, tc, pa + st * tc * kRows, 1, kRows,
+                   pb + p * tc * kCols, kCols, part + i * N + j, N, true, nullptr);
         }
       }
     }
