@@ -44,7 +44,7 @@ from mmjax.baselines.torch.transfer import to_torch
 from mmjax.data import store
 from mmjax.data.features import TextTokenizer
 from mmjax.data.pipeline import train_dataset
-from mmjax.kernels.flops import kernel_flops
+from mmjax.kernels.flops import step_flops
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import mesh as mesh_lib
 from mmjax.train.optimizer import learning_rate, make_optimizer
@@ -138,12 +138,8 @@ class JaxRunner:
     t = time.perf_counter()
     self.step = step.lower(self.state, self.batches[0]).compile()
     self.compile_s = time.perf_counter() - t
-    cost = self.step.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     # A loop's body is counted once: a k-step program reports one step.
-    self.flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    # XLA counts mmjax's CPU kernels (custom calls) as zero.
-    self.flops += kernel_flops(self.step.as_text())
+    self.flops = step_flops(self.step)
 
   def run(self, steps: int) -> float:
     """Seconds for `steps` steps (whole calls; the time of a last partial

@@ -6,7 +6,8 @@ its work. `kernel_flops(hlo_text)` reads each mmjax custom call's operand
 shapes from the compiled HLO and counts what XLA would count for the same
 ops: 2 per multiply-add of the products (a bias add or column sum 1 per
 element), the backward of attention as its four products. Like XLA's own
-count, a loop body's calls count once.
+count, a loop body's calls count once. `step_flops(compiled)` is the whole
+program's count: XLA's cost analysis plus these.
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ def _call_flops(target: str, shapes: list[tuple[int, ...]]) -> float:
     products = 2 if target.endswith('fwd') else 4
     return 2.0 * products * math.prod(q) * kv[-3]
   return 0.0
+
+
+def step_flops(compiled) -> float:
+  """FLOPs of a compiled program (a jax `Compiled`): XLA's cost analysis
+  (0 where the backend reports none) plus the mmjax kernels' calls."""
+  flops = 0.0
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  except Exception:  # Not every backend reports costs.
+    pass
+  return flops + kernel_flops(compiled.as_text())
 
 
 def kernel_flops(hlo_text: str) -> float:

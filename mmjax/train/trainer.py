@@ -14,9 +14,9 @@ from mmjax.data.pipeline import text_tokenizer, train_dataset
 from mmjax.data.synthetic import SyntheticSpec
 from mmjax.errors import MmjaxError
 from mmjax.eval import item_id_table, user_refit
-from mmjax.kernels.flops import kernel_flops
 from mmjax.eval.evaluate import (Encoder, all_item_vectors, baselines, evaluate,
                                  evaluate_item_id_tables, evaluate_user_refits)
+from mmjax.kernels.flops import step_flops
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import guard
 from mmjax.train import mesh as mesh_lib
@@ -57,15 +57,7 @@ def resolve_data_dir(data_cfg, log=print) -> str:
 
 def _report_compiled(compiled, log) -> float:
   """Prints per-device memory and FLOPs of the compiled step; returns FLOPs."""
-  flops = 0.0
-  try:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0))
-  except Exception:  # Not every backend reports costs.
-    pass
-  # XLA counts mmjax's CPU kernels (custom calls) as zero.
-  flops += kernel_flops(compiled.as_text())
+  flops = step_flops(compiled)
   mem = compiled.memory_analysis()
   if mem is not None:
     total = (mem.argument_size_in_bytes + mem.output_size_in_bytes

@@ -55,6 +55,9 @@ class TorchTrainStep:
     self.model, self.loss_cfg, self.optimizer = model, loss_cfg, optimizer
     self.lr, self.grad_clip, self.step_count = lr, grad_clip, 0
     self.compute_dtype = compute_dtype
+    # Autocast wants the device type; the model stays where it is (move it
+    # before building the step).
+    self.device_type = next(model.parameters()).device.type
     self.params = [p for p in model.parameters() if p.requires_grad]
     self._loss = torch.compile(self._loss_fn) if compile else self._loss_fn
 
@@ -66,8 +69,7 @@ class TorchTrainStep:
     self.model.train()
     self.optimizer.zero_grad(set_to_none=True)
     joint = self.step_count >= self.loss_cfg.pretrain_steps
-    device = next(self.model.parameters()).device.type
-    with torch.autocast(device, dtype=self.compute_dtype,
+    with torch.autocast(self.device_type, dtype=self.compute_dtype,
                         enabled=self.compute_dtype != torch.float32):
       loss, terms, extras = self._loss(batch, joint)
     loss.backward()

@@ -68,6 +68,10 @@ class Dense(nnx.Linear):
     super().__init__(*args, **kwargs)
     self.matmul_kernel = check_choice('dense', matmul_kernel)
 
+  def _operands(self, x):
+    """x, kernel and bias in the layer's compute dtype."""
+    return self.promote_dtype((x, self.kernel[...], self.bias[...]), dtype=self.dtype)
+
   def _plain(self, out_sharding) -> bool:
     return (self.bias is None or out_sharding is not None
             or self.precision is not None
@@ -76,8 +80,7 @@ class Dense(nnx.Linear):
   def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:
     if self._plain(out_sharding):
       return super().__call__(x, out_sharding)
-    x, kernel, bias = self.promote_dtype(
-        (x, self.kernel[...], self.bias[...]), dtype=self.dtype)
+    x, kernel, bias = self._operands(x)
     if use_cpu_dense(self.matmul_kernel, x, kernel):
       return cpu_dense.linear(x, kernel, bias)
     return linear(x, kernel, bias)
@@ -85,8 +88,7 @@ class Dense(nnx.Linear):
   def unbiased(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x @ kernel and the bias, apart (in the compute dtype), for a caller
     that adds the bias itself (the fused attention kernel)."""
-    x, kernel, bias = self.promote_dtype(
-        (x, self.kernel[...], self.bias[...]), dtype=self.dtype)
+    x, kernel, bias = self._operands(x)
     if use_cpu_dense(self.matmul_kernel, x, kernel):
       return cpu_dense.linear(x, kernel), bias
     return jnp.dot(x, kernel), bias
