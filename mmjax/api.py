@@ -7,7 +7,8 @@
   model.encode_text(["a red shirt"]), model.encode_images(uint8_images)
 
 The model is rebuilt from the run's resolved config (summary.json) and the
-latest checkpoint's parameters; the data come from the config's data dir.
+latest checkpoint's parameters; the data come from the config's data dir. At
+the step the run post-processed, the choice in postprocess.json is applied.
 `mmjax export`, `recommend` and `report` are thin wrappers over this object.
 """
 
@@ -28,15 +29,15 @@ from mmjax.data.catalog import TRAIN
 from mmjax.data.features import normalize_images
 from mmjax.data.pipeline import text_tokenizer
 from mmjax.errors import MmjaxError
-from mmjax.eval import item_id_table, user_refit
-from mmjax.eval.evaluate import Encoder
+from mmjax import mesh as mesh_lib
+from mmjax.eval.embed import Embedder
 from mmjax.eval.metrics import topk_from_embeddings
 from mmjax.models.model import DataShapes, build_model
-from mmjax.train import mesh as mesh_lib
+from mmjax.postprocess import choose, item_id_table, user_refit
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.optimizer import make_optimizer
 from mmjax.train.step import init_state
-from mmjax.train.trainer import resolve_data_dir
+from mmjax.data.resolve import resolve_data_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +55,13 @@ class TrainedModel:
   """
 
   def __init__(self, *, workdir, config, summary, catalog, tokenizer,
-               encoder, params, rest, step, initial=None, refit=None):
+               embedder, params, buffers, step, initial=None, refit=None):
     self.workdir, self.config, self.summary = workdir, config, summary
     self.catalog, self.tokenizer, self.step = catalog, tokenizer, step
-    self._encoder, self._params, self._rest = encoder, params, rest
-    self._initial = initial  # (params, rest) at initialization.
-    # The run's chosen user refit (user_refit.load), for the final step only;
-    # the derived snapshots below score with the tower.
+    self._embedder, self._params, self._buffers = embedder, params, buffers
+    self._initial = initial  # (params, buffers) at initialization.
+    # The run's chosen user refit (user_refit.load), for the post-processed
+    # step only; the derived snapshots below score with the tower.
     self._refit = refit
 
   @property
@@ -79,17 +80,17 @@ class TrainedModel:
     """The same model with its parameters at initialization (config + seed)."""
     if self._initial is None:
       raise MmjaxError("this snapshot has no initialization to go back to")
-    params, rest = self._initial
+    params, buffers = self._initial
     return TrainedModel(workdir=self.workdir, config=self.config,
                         summary=self.summary, catalog=self.catalog,
-                        tokenizer=self.tokenizer, encoder=self._encoder,
-                        params=params, rest=rest, step=0)
+                        tokenizer=self.tokenizer, embedder=self._embedder,
+                        params=params, buffers=buffers, step=0)
 
   @functools.cached_property
   def item_id_table(self) -> np.ndarray | None:
     """(N, dim) item-ID embeddings as this snapshot adds them to the fused
-    content before normalization (after the run's chosen `item_id_table`
-    transform, if any), or None for a model without them."""
+    content before normalization (after the item-ID table transform the run
+    chose in postprocess.json, if any), or None for a model without them."""
     return item_id_table.id_table(self._params)
 
   def without_item_ids(self) -> "TrainedModel":
@@ -108,8 +109,8 @@ class TrainedModel:
         self._params, item_id_table.TableTransform.scaled(scale))
     return TrainedModel(workdir=self.workdir, config=self.config,
                         summary=self.summary, catalog=self.catalog,
-                        tokenizer=self.tokenizer, encoder=self._encoder,
-                        params=params, rest=self._rest, step=self.step)
+                        tokenizer=self.tokenizer, embedder=self._embedder,
+                        params=params, buffers=self._buffers, step=self.step)
 
   # -- embeddings --------------------------------------------------------
 
@@ -118,7 +119,7 @@ class TrainedModel:
     """"item" (as scored), "z_text" and "z_image" (aligned) and "content" (the
     fused text and image before the item-ID embedding), each (N, dim)."""
     tokens, mask = self.tokenizer.encode_all(self.catalog.item_text)
-    out = self._encoder.items(self._params, self._rest, tokens, mask,
+    out = self._embedder.items(self._params, self._buffers, tokens, mask,
                               normalize_images(self.catalog.item_images))
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -127,15 +128,15 @@ class TrainedModel:
     """(U, dim) user vectors from each user's train history (as evaluated)."""
     histories = self.catalog.user_histories(
         TRAIN, max_len=config_lib.eval_history_len(self.config.data))
-    return np.asarray(self._encoder.users(
-        self._params, self._rest, histories, self.item_embeddings["item"]))
+    return np.asarray(self._embedder.users(
+        self._params, self._buffers, histories, self.item_embeddings["item"]))
 
   @functools.cached_property
   def scoring_vectors(self) -> tuple[np.ndarray, np.ndarray]:
     """(u', v') with u'.v' the model's score (temperature and item bias in;
-    at a run's final step, with the user refit it chose, if any)."""
-    u, v = self._encoder.scoring(self._params, self._rest, self.user_embeddings,
-                                 self.item_embeddings["item"])
+    at the post-processed step, with the user refit the run chose, if any)."""
+    u, v = self._embedder.scoring(self._params, self._buffers, self.user_embeddings,
+                                  self.item_embeddings["item"])
     u, v = np.asarray(u), np.asarray(v)
     if self._refit is None:
       return u, v
@@ -150,7 +151,7 @@ class TrainedModel:
     if not texts:
       raise MmjaxError("encode_text needs at least one text")
     tokens, mask = self.tokenizer.encode_all(texts)
-    return np.asarray(self._encoder.texts(self._params, self._rest, tokens, mask))
+    return np.asarray(self._embedder.texts(self._params, self._buffers, tokens, mask))
 
   def encode_images(self, images) -> np.ndarray:
     """(n, dim) aligned image vectors.
@@ -161,8 +162,8 @@ class TrainedModel:
     if not self.has_images:
       raise MmjaxError(f"{self.workdir}: this run's catalog has no images")
     images = _image_batch(images, self.catalog.image_size)
-    return np.asarray(self._encoder.images(self._params, self._rest,
-                                           normalize_images(images)))
+    return np.asarray(self._embedder.images(self._params, self._buffers,
+                                            normalize_images(images)))
 
   # -- queries -----------------------------------------------------------
 
@@ -254,7 +255,8 @@ def _read_summary(workdir: str) -> dict:
 
 
 # What rebuilding the model and its train state reads; the other sections
-# (losses, frozen-feature runs, ...) only steered training.
+# (losses, the feature graph, post-processing, ...) only steered training or
+# evaluation.
 _REBUILT_FROM = ("seed", "data", "model", "train")
 
 
@@ -305,7 +307,7 @@ def load(workdir: str, step: int | None = None) -> TrainedModel:
   ckpt_dir = os.path.join(workdir, "checkpoints")
   has_summary = os.path.isfile(os.path.join(workdir, "summary.json"))
   if has_summary and _read_summary(workdir)["config"].get("data", {}).get("name") == "mmrec":
-    raise MmjaxError(f"{workdir} is a frozen-feature MMRec run (data.name='mmrec'): "
+    raise MmjaxError(f"{workdir} is a feature-graph run (data.name='mmrec'): "
                      "it keeps no model to load; export/recommend/report need a "
                      "`mmjax train` run")
   if not os.path.isdir(ckpt_dir) or not any(d.isdigit() for d in os.listdir(ckpt_dir)):
@@ -333,38 +335,16 @@ def load(workdir: str, step: int | None = None) -> TrainedModel:
   # Inference runs on all local devices, whatever mesh the run trained on.
   mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=-1, model=1)))
   put = lambda tree: jax.device_put(tree, mesh_lib.replicated(mesh))
+  step = int(restored["step"])
+  post = choose.read(workdir)
+  params = restored["params"]
+  transform = choose.item_id_transform(post, step)
+  if transform is not None:
+    params = item_id_table.transform_params(params, transform)
   return TrainedModel(
       workdir=workdir, config=config, summary=summary, catalog=catalog,
-      tokenizer=tokenizer, step=int(restored["step"]),
-      encoder=Encoder(graphdef, mesh, config.train.eval_batch_size),
-      params=put(_as_evaluated(restored["params"], int(restored["step"]), summary)),
-      rest=put(restored["rest"]), initial=(put(state["params"]), put(state["rest"])),
-      refit=_user_refit(workdir, int(restored["step"]), summary))
-
-
-def _as_evaluated(params, step: int, summary: dict):
-  """The final step's params with the item-ID table transform the run chose
-  on valid (config.model.rec.item_id_scales / item_id_clusters), as its
-  summary.json reports it; any other step's as trained."""
-  chosen = summary.get("item_id_table", {}).get("chosen")
-  if chosen is None and "item_id_scale" in summary:   # Older runs: a plain scale.
-    chosen = item_id_table.TableTransform.scaled(summary["item_id_scale"]["chosen"]).to_dict()
-  if chosen is None or step != summary.get("train", {}).get("steps"):
-    return params
-  return item_id_table.transform_params(
-      params, item_id_table.TableTransform.from_dict(chosen))
-
-
-def _user_refit(workdir: str, step: int, summary: dict):
-  """The user refit the run chose on valid (config.model.rec.refit_penalties),
-  for its final step; None otherwise."""
-  report = summary.get("user_refit")
-  if not report or report.get("chosen") is None \
-      or step != summary.get("train", {}).get("steps"):
-    return None
-  try:
-    return user_refit.load(workdir)
-  except (OSError, KeyError, ValueError) as e:
-    raise MmjaxError(f"summary.json reports the user refit {report['label']!r} but "
-                     f"{os.path.join(workdir, user_refit.FILE)} cannot be read: "
-                     f"{str(e).splitlines()[0]}") from None
+      tokenizer=tokenizer, step=step,
+      embedder=Embedder(graphdef, mesh, config.train.eval_batch_size),
+      params=put(params), buffers=put(restored["buffers"]),
+      initial=(put(state["params"]), put(state["buffers"])),
+      refit=choose.user_refit_vectors(workdir, post, step))

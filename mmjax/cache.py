@@ -1,4 +1,4 @@
-"""Where mmjax caches what it builds: generated catalogs, compiled kernels."""
+"""Where mmjax caches what it builds (generated catalogs)."""
 
 import os
 

@@ -1,31 +1,29 @@
-"""Command-line entry points.
+"""Command-line entry points: `mmjax <command> ...`.
 
-`python launch.py ...` and `mmjax train ...` are the same command.
+`python launch.py ...` and `mmjax train ...` are the same command. Errors a
+user can cause end the command with one line, `mmjax: error: ...`, and exit
+status 2 (`--verbose` shows the traceback instead).
 """
 
-import os
-import runpy
+from __future__ import annotations
+
+import argparse
+import importlib
 import sys
+import textwrap
 
-from absl import flags
-from ml_collections import config_flags
-
+from mmjax import config as config_lib
+from mmjax.config import loader
 from mmjax.errors import MmjaxError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go.")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
-_DRY_RUN = flags.DEFINE_bool(
-    "dry_run", False, "Only compile the train step for the configured mesh and "
-    "print its per-device memory and FLOPs.")
-# Multi-host (docs/scale.md): the same command on every host.
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", "", "host:port of process 0 (multi-host runs).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Join a multi-host run found by JAX's cluster "
-    "auto-detection (TPU pod slice, SLURM, Open MPI).")
+CONFIG_DOC = "docs/config.md"
+_CONFIG_HELP = (
+    "a config file, or a config shipped with mmjax by name ("
+    + ", ".join(loader.shipped_configs()) + "); FILE:ARG calls get_config(ARG)")
+_OVERRIDES_HELP = (
+    f"--config.KEY=VALUE sets any config key (repeatable), e.g. "
+    f"--config.train.steps=500; every key, its default and allowed values: "
+    f"{CONFIG_DOC}. `mmjax config show CONFIG` prints a resolved config.")
 
 
 def _fail(message: str) -> None:
@@ -33,48 +31,122 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _check_overrides(argv: list[str]) -> None:
-  """Unknown `--config.x` keys become one clear line (absl would print a traceback)."""
-  from mmjax.config import unknown_override_keys
-  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if path is None and "--config" in argv[:-1]:
-    path = argv[argv.index("--config") + 1]
-  if path is None:
-    _fail("--config is required, e.g. --config configs/demo.py")
-  path = path.split(":", 1)[0]
-  if not os.path.isfile(path):
-    _fail(f"config file not found: {path}")
-  bad = unknown_override_keys(runpy.run_path(path)["get_config"](), argv)
-  if bad:
-    _fail("unknown config key" + ("s" if len(bad) > 1 else "") + ": "
-          + ", ".join(f"config.{k}" for k in bad))
+def version() -> str:
+  from importlib import metadata
+  try:
+    return metadata.version("mmjax")
+  except metadata.PackageNotFoundError:
+    return "unknown"
+
+
+def _parser(prog: str, description: str, usage: str | None = None
+            ) -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog=prog, usage=usage, description=description,
+      epilog=textwrap.fill(_OVERRIDES_HELP, 79), allow_abbrev=False,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.error = lambda message: _fail(f"{prog}: {message}")
+  return p
+
+
+def train_parser(prog: str = "mmjax train") -> argparse.ArgumentParser:
+  p = _parser(prog, "Trains and evaluates a model from a config file. Running "
+              "again with the same\nworkdir resumes from its latest "
+              f"checkpoint.\n\n  e.g. {prog} --config tiny --workdir runs/tiny",
+              usage=f"{prog} --config CONFIG --workdir DIR "
+              "[--config.KEY=VALUE ...] [flags]")
+  p.add_argument("--config", metavar="CONFIG", help=_CONFIG_HELP)
+  p.add_argument("--workdir", metavar="DIR", help="where checkpoints, metrics "
+                 "and the summary go")
+  p.add_argument("--dry_run", action="store_true",
+                 help="only compile the train step for the configured mesh and "
+                 "print its per-device memory and FLOPs")
+  p.add_argument("--verbose", action="store_true",
+                 help="show tracebacks for errors")
+  multi = p.add_argument_group("multi-host runs (docs/scale.md): the same "
+                               "command on every host")
+  multi.add_argument("--coordinator_address", default="", metavar="HOST:PORT",
+                     help="of process 0")
+  multi.add_argument("--num_processes", type=int, default=0, metavar="N",
+                     help="processes in the run")
+  multi.add_argument("--process_id", type=int, default=-1, metavar="I",
+                     help="this process's index")
+  multi.add_argument("--distributed", action="store_true",
+                     help="join a run found by JAX's cluster auto-detection "
+                     "(TPU pod slice, SLURM, Open MPI)")
+  return p
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]):
+  """(parsed flags, config overrides) of argv (program name first)."""
+  try:
+    overrides, rest = loader.split_overrides(argv[1:])
+  except MmjaxError as e:
+    if "-h" in argv or "--help" in argv:
+      overrides, rest = [], [a for a in argv[1:] if a in ("-h", "--help")]
+    else:
+      _fail(str(e))
+  return parser.parse_args(rest), overrides
 
 
 def train_main(argv: list[str]) -> None:
   """Trains and evaluates; argv as sys.argv (program name first)."""
-  _check_overrides(argv)
-  try:
-    flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e))
-  if not _WORKDIR.value and not _DRY_RUN.value:
+  args, overrides = _parse(train_parser(argv[0]), argv)
+  if not args.config:
+    _fail("--config is required, e.g. --config configs/demo.py")
+  if not args.workdir and not args.dry_run:
     _fail("--workdir is required")
-  from mmjax.train import distributed
-  from mmjax.train.trainer import train_and_evaluate
   try:
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                           _PROCESS_ID.value, auto=_DISTRIBUTED.value)
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value, dry_run=_DRY_RUN.value)
+    config = config_lib.load(args.config, overrides)
+    config_lib.validate(config)
+    from mmjax.train import distributed
+    from mmjax.run import train_and_evaluate
+    distributed.initialize(args.coordinator_address, args.num_processes,
+                           args.process_id, auto=args.distributed)
+    train_and_evaluate(config, args.workdir, dry_run=args.dry_run)
   except MmjaxError as e:
-    if _VERBOSE.value:
+    if args.verbose:
       raise
     _fail(str(e))
+
+
+def show(config) -> str:
+  """The config as `key = value` lines, non-defaults marked."""
+  lines = []
+  for key in config_lib.KEYS:
+    value = config_lib.get(config, key.path)
+    note = "" if value == key.default else f"  # default: {key.default!r}"
+    lines.append(f"{key.path} = {value!r}{note}")
+  return "\n".join(lines)
+
+
+def config_main(argv: list[str]) -> None:
+  """`mmjax config show CONFIG [--config.KEY=VALUE ...]`."""
+  p = _parser(argv[0], "Inspect configs.")
+  sub = p.add_subparsers(dest="action", metavar="{show}", required=True)
+  s = sub.add_parser("show", help="print the resolved, validated config",
+                     usage=f"{argv[0]} show CONFIG [--config.KEY=VALUE ...]",
+                     description="Prints the config of CONFIG with the "
+                     "overrides applied, after validating it.",
+                     epilog=textwrap.fill(_OVERRIDES_HELP, 79),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+  s.error = lambda message: _fail(f"{argv[0]} show: {message}")
+  s.add_argument("config", metavar="CONFIG", help=_CONFIG_HELP)
+  s.add_argument("--verbose", action="store_true", help="show tracebacks for errors")
+  args, overrides = _parse(p, argv)
+  try:
+    config = config_lib.load(args.config, overrides)
+    config_lib.validate(config)
+  except MmjaxError as e:
+    if args.verbose:
+      raise
+    _fail(str(e))
+  print(show(config))
 
 
 def _argparse_command(module: str):
   """A command whose module has `parser()` (argparse) and `run(args)`."""
   def command_main(argv: list[str]) -> None:
-    import importlib
     mod = importlib.import_module(module)
     parser = mod.parser()
     parser.prog = argv[0]
@@ -91,18 +163,52 @@ def _argparse_command(module: str):
   return command_main
 
 
+def _renamed(new: str):
+  def command_main(argv: list[str]) -> None:
+    _fail(f"renamed: use {new}")
+  return command_main
+
+
+# Command -> (what it does, its main). Hidden ones (no description) answer
+# old names.
 _COMMANDS = {
-    "train": train_main,
-    "export": _argparse_command("mmjax.export"),
-    "recommend": _argparse_command("mmjax.recommend"),
-    "report": _argparse_command("mmjax.report.html"),
-    "encode": _argparse_command("mmjax.encode"),
+    "train": ("train and evaluate a model from a config", train_main),
+    "config": ("show a resolved config", config_main),
+    "features": ("compute fixed item features for the feature-graph path",
+                 _argparse_command("mmjax.feature_extraction")),
+    "export": ("export a trained model", _argparse_command("mmjax.export")),
+    "recommend": ("recommendations from a trained model",
+                  _argparse_command("mmjax.recommend")),
+    "report": ("an HTML report of a run", _argparse_command("mmjax.report.html")),
+    "encode": ("", _renamed("mmjax features")),
 }
+
+
+def usage() -> str:
+  width = max(len(c) for c in _COMMANDS)
+  commands = "\n".join(f"  {name:<{width}}  {what}"
+                       for name, (what, _) in _COMMANDS.items() if what)
+  return ("usage: mmjax COMMAND [flags]   (mmjax COMMAND --help for its flags)\n\n"
+          f"commands:\n{commands}\n\n"
+          "  e.g. mmjax train --config tiny --workdir runs/tiny\n\n"
+          f"Config keys, defaults and allowed values: {CONFIG_DOC}.\n"
+          "  --version  print the version and exit")
 
 
 def main() -> None:
   """`mmjax <command> [flags]`."""
-  if len(sys.argv) < 2 or sys.argv[1] not in _COMMANDS:
-    _fail(f"usage: mmjax {{{','.join(_COMMANDS)}}} [flags]; e.g. "
-          "mmjax train --config configs/demo.py --workdir runs/demo")
-  _COMMANDS[sys.argv[1]]([f"mmjax {sys.argv[1]}"] + sys.argv[2:])
+  argv = sys.argv[1:]
+  if argv and argv[0] in ("-h", "--help"):
+    print(usage())
+    return
+  if argv and argv[0] == "--version":
+    print(f"mmjax {version()}")
+    return
+  if not argv:
+    print(usage(), file=sys.stderr)
+    sys.exit(2)
+  if argv[0] not in _COMMANDS:
+    _fail(f"unknown command {argv[0]!r}; choose one of "
+          + ", ".join(c for c, (what, _) in _COMMANDS.items() if what)
+          + " (mmjax --help)")
+  _COMMANDS[argv[0]][1]([f"mmjax {argv[0]}"] + argv[1:])

@@ -11,8 +11,8 @@ Writes into the out dir (default <workdir>/export):
   users.parquet       user_id, embedding
   items.parquet       item_id, text, embedding, text_embedding[, image_embedding]
   scoring_users.npy   (U, d') and scoring_items.npy (N, d'): their dot
-                      products are recommend's scores (temperature, item bias
-                      and the run's user refit in, see eval/user_refit.py)
+                      products are recommend's scores (temperature and item
+                      bias in, and the user refit if postprocess.json chose one)
   export.json         what was written: step, shapes, files
 The other vectors are unit-norm; a user-item dot product is their cosine.
 """

@@ -43,7 +43,7 @@ def config(data_dir):
 def trained_workdir(tmp_path_factory, data_dir):
   """One tiny finished run (checkpoint, metrics.jsonl, summary.json), shared
   by the after-training tests (api, export/recommend, report)."""
-  from mmjax.train.trainer import train_and_evaluate
+  from mmjax.run import train_and_evaluate
   cfg = tiny_config()
   cfg.data.dir = data_dir
   cfg.train.steps = 4

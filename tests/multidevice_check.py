@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmjax.train import mesh as mesh_lib  # noqa: E402
+from mmjax import mesh as mesh_lib  # noqa: E402
 from mmjax.train.optimizer import learning_rate  # noqa: E402
 from mmjax.train.step import make_multi_step  # noqa: E402
 from scale_setup import grads, setup, train_steps  # noqa: E402
@@ -25,7 +25,7 @@ def run(cfg, data_dir, devices):
   (loss, (terms, _)), g = grads(s)
   new_state, _ = train_steps(s, 1)
   assert len(s.batch["tokens"].sharding.device_set) == len(devices)
-  return loss, terms, g, jax.device_get((new_state["params"], new_state["rest"]))
+  return loss, terms, g, jax.device_get((new_state["params"], new_state["buffers"]))
 
 
 def run_multi(cfg, data_dir, devices, n=2):
@@ -35,12 +35,12 @@ def run_multi(cfg, data_dir, devices, n=2):
   step = make_multi_step(s.graphdef, s.tx, s.cfg.loss, s.mesh, s.shardings,
                          learning_rate(s.cfg.train), s.cfg.train.accum_steps)
   state, metrics = step(s.state, mesh_lib.global_batches(locals_, s.mesh))
-  return jax.device_get(((state["params"], state["rest"]), metrics["loss"]))
+  return jax.device_get(((state["params"], state["buffers"]), metrics["loss"]))
 
 
 def run_single(cfg, data_dir, devices, n=2):
   state, metrics = train_steps(setup(cfg, data_dir, devices), n)
-  return jax.device_get(((state["params"], state["rest"]),
+  return jax.device_get(((state["params"], state["buffers"]),
                          np.stack([m["loss"] for m in metrics])))
 
 

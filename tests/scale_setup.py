@@ -15,7 +15,7 @@ from mmjax.data import store
 from mmjax.data.features import TextTokenizer
 from mmjax.data.pipeline import train_dataset
 from mmjax.models.model import DataShapes, build_model
-from mmjax.train import mesh as mesh_lib
+from mmjax import mesh as mesh_lib
 from mmjax.train.optimizer import learning_rate, make_optimizer
 from mmjax.train.step import (init_state, make_grad_fn, make_train_step,
                               state_shardings)
@@ -62,7 +62,7 @@ def grads(s):
   fn = make_grad_fn(s.graphdef, s.cfg.loss, s.mesh, s.shardings,
                     s.cfg.train.accum_steps)
   rng = jax.random.key_data(jax.random.key(1))
-  return jax.device_get(fn(s.state["params"], s.state["rest"], s.batch, rng,
+  return jax.device_get(fn(s.state["params"], s.state["buffers"], s.batch, rng,
                            s.state["step"]))
 
 

@@ -11,9 +11,9 @@ from PIL import Image
 import mmjax
 from mmjax.data.catalog import TEST, TRAIN
 from mmjax.errors import MmjaxError
-from mmjax.eval import user_refit
-from mmjax.eval.item_id_table import TableTransform
 from mmjax.eval.metrics import pad_lists, ranking_metrics, topk_from_embeddings
+from mmjax.postprocess import choose, user_refit
+from mmjax.postprocess.item_id_table import TableTransform
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,8 @@ def test_loaded_model_reproduces_the_runs_test_metrics(model, trained_workdir):
 def test_users_pool_their_last_eval_history_len_train_items(model):
   """The tiny config trains on 4-item histories and evaluates on the last 8."""
   assert (model.config.data.history_len, model.config.data.eval_history_len) == (4, 8)
-  pooled = {n: model._encoder.users(
-      model._params, model._rest, model.catalog.user_histories(TRAIN, max_len=n),
+  pooled = {n: model._embedder.users(
+      model._params, model._buffers, model.catalog.user_histories(TRAIN, max_len=n),
       model.item_embeddings["item"]) for n in (4, 8)}
   np.testing.assert_allclose(model.user_embeddings, pooled[8], atol=1e-6)
   assert not np.allclose(model.user_embeddings, pooled[4], atol=1e-3)
@@ -85,11 +85,16 @@ def test_item_id_scale_interpolates_between_content_and_the_trained_items(model)
   assert np.array_equal(model.item_id_table, table)
 
 
-def test_the_run_reports_the_item_id_table_valid_chose(model):
-  """summary.json: every candidate of the tiny config was tried; the chosen
-  one has the best valid recall@20 (the table as trained wins ties), and its
-  metrics are the run's valid and test figures."""
-  report = model.summary["item_id_table"]
+def _postprocess_json(workdir) -> dict:
+  return json.loads(open(os.path.join(workdir, choose.FILE)).read())
+
+
+def test_the_run_reports_the_item_id_table_valid_chose(trained_workdir):
+  """postprocess.json: every candidate of the tiny config was tried; the
+  chosen one has the best valid recall@20 (the table as trained wins ties)."""
+  post = _postprocess_json(trained_workdir)
+  assert post["step"] == 4
+  report = post["item_id_table"]
   valid, test = report["recall_at_20"]["valid"], report["recall_at_20"]["test"]
   assert list(valid) == list(test) == [
       "1", "0.5", "k3:0.5/0", "k3:1/0", "k3:1/0.5"]
@@ -98,7 +103,7 @@ def test_the_run_reports_the_item_id_table_valid_chose(model):
   assert valid[chosen.label] == max(valid.values())
   assert chosen.label == "1" or valid[chosen.label] > valid["1"]
   # The user refit (below) starts from the chosen table's tower.
-  refit = model.summary["user_refit"]["recall_at_20"]
+  refit = post["user_refit"]["recall_at_20"]
   assert refit["valid"]["tower"] == valid[chosen.label]
   assert refit["test"]["tower"] == test[chosen.label]
 
@@ -108,7 +113,8 @@ def test_the_run_reports_the_user_refit_valid_chose(model, trained_workdir):
   chosen one has the best valid recall@20 (the tower wins ties), its metrics
   are the run's valid and test figures, and its vectors are in the workdir
   exactly when a refit was chosen."""
-  report = model.summary["user_refit"]
+  post = _postprocess_json(trained_workdir)
+  report = post["user_refit"]
   valid, test = report["recall_at_20"]["valid"], report["recall_at_20"]["test"]
   assert list(valid) == list(test) == ["tower", "refit:0.3", "refit:3"]
   assert report["label"] == user_refit.label(report["chosen"])
@@ -117,22 +123,35 @@ def test_the_run_reports_the_user_refit_valid_chose(model, trained_workdir):
   assert model.summary["valid"]["recall@20"] == valid[report["label"]]
   assert model.summary["test"]["recall@20"] == test[report["label"]]
   saved = os.path.exists(os.path.join(trained_workdir, user_refit.FILE))
-  assert saved == (report["chosen"] is not None)
+  assert saved == (report["chosen"] is not None) == ("file" in report)
+  # summary.json names what its figures are of; the choice itself is only here.
+  assert model.summary["postprocess"]["user_refit"] == report["label"]
+  assert model.summary["postprocess"]["item_id_table"] == post["item_id_table"]["label"]
+  assert set(model.summary["postprocess"]) == {
+      "file", "as_trained_recall_at_20", "item_id_table", "user_refit"}
 
 
-def test_load_applies_the_user_refit_to_the_final_step_only(trained_workdir, tmp_path):
+def _rewrite_postprocess(workdir, **changes):
+  post = _postprocess_json(workdir)
+  for key, value in changes.items():
+    if isinstance(value, dict):
+      post[key].update(value)
+    else:
+      post[key] = value
+  (workdir / choose.FILE).write_text(json.dumps(post))
+  return post
+
+
+def test_load_applies_the_user_refit_to_its_step_only(trained_workdir, tmp_path):
   copy = tmp_path / "run"
   shutil.copytree(trained_workdir, copy)
-  summary = json.loads((copy / "summary.json").read_text())
-  summary["user_refit"].update(chosen=1.0, label="refit:1")
-  summary["train"]["steps"] += 1   # The checkpoint is now not the final step.
-  (copy / "summary.json").write_text(json.dumps(summary))
+  post = _rewrite_postprocess(copy, user_refit=dict(chosen=1.0, label="refit:1"),
+                              step=5)   # The checkpoint is not the step it names.
   tower_u, tower_v = mmjax.load(copy).scoring_vectors
   histories = pad_lists(mmjax.load(copy).catalog.user_histories(TRAIN))
   users, items = user_refit.refit(tower_u, tower_v, histories, 1.0, steps=10)
   user_refit.save(str(copy), users, items, 1.0)
-  summary["train"]["steps"] -= 1
-  (copy / "summary.json").write_text(json.dumps(summary))
+  _rewrite_postprocess(copy, step=4)
   got_u, got_v = mmjax.load(copy).scoring_vectors
   np.testing.assert_array_equal(got_u, users)
   np.testing.assert_allclose(got_v, items, atol=1e-6)
@@ -140,44 +159,31 @@ def test_load_applies_the_user_refit_to_the_final_step_only(trained_workdir, tmp
   (copy / user_refit.FILE).unlink()
   with pytest.raises(MmjaxError, match=f"refit:1.*{user_refit.FILE}"):
     mmjax.load(copy)
+  assert post["user_refit"]["label"] == "refit:1"
 
 
 @pytest.mark.parametrize("chosen", [TableTransform.scaled(0.5),
                                     TableTransform(3, 1.0, 0.5)])
-def test_load_applies_the_chosen_item_id_table_to_the_final_step_only(
+def test_load_applies_the_chosen_item_id_table_to_its_step_only(
     trained_workdir, tmp_path, chosen):
-  """A run whose summary chose a transform loads with it applied to its ID
-  table at its final step; a checkpoint that is not the final step loads as
-  trained."""
+  """A run whose postprocess.json chose a transform loads with it applied to
+  its ID table at the step it names; any other checkpoint loads as trained."""
   copy = tmp_path / "run"
   shutil.copytree(trained_workdir, copy)
-  summary = json.loads((copy / "summary.json").read_text())
-  summary["item_id_table"]["chosen"] = chosen.to_dict()
-  summary["train"]["steps"] += 1   # The checkpoint is now not the final step.
-  (copy / "summary.json").write_text(json.dumps(summary))
+  _rewrite_postprocess(copy, item_id_table=dict(chosen=chosen.to_dict()), step=5)
   trained_table = mmjax.load(copy).item_id_table
-  summary["train"]["steps"] -= 1
-  (copy / "summary.json").write_text(json.dumps(summary))
+  _rewrite_postprocess(copy, step=4)
   np.testing.assert_allclose(mmjax.load(copy).item_id_table,
                              chosen.apply(trained_table), rtol=1e-6, atol=1e-7)
   assert not np.allclose(chosen.apply(trained_table), trained_table, atol=1e-4)
 
 
-def test_load_reads_the_item_id_scale_of_older_runs(trained_workdir, tmp_path):
-  """Runs from before item_id_clusters reported `item_id_scale`: its scale is
-  still applied."""
+def test_an_unreadable_postprocess_json_is_an_error(trained_workdir, tmp_path):
   copy = tmp_path / "run"
   shutil.copytree(trained_workdir, copy)
-  summary = json.loads((copy / "summary.json").read_text())
-  summary.pop("item_id_table")
-  summary["train"]["steps"] += 1
-  (copy / "summary.json").write_text(json.dumps(summary))
-  trained_table = mmjax.load(copy).item_id_table
-  summary["train"]["steps"] -= 1
-  summary["item_id_scale"] = {"chosen": 0.25}
-  (copy / "summary.json").write_text(json.dumps(summary))
-  np.testing.assert_allclose(mmjax.load(copy).item_id_table, 0.25 * trained_table,
-                             rtol=1e-6)
+  (copy / choose.FILE).write_text("{")
+  with pytest.raises(MmjaxError, match=f"cannot read .*{choose.FILE}"):
+    mmjax.load(copy)
 
 
 def test_recommend_ranks_unseen_items_by_score(model):
@@ -260,7 +266,7 @@ def test_load_errors_name_the_problem(tmp_path, trained_workdir):
   (no_summary / "summary.json").write_text(json.dumps(summary))
   with pytest.raises(MmjaxError, match="unknown to this mmjax version: config.model.colour"):
     mmjax.load(no_summary)
-  summary["config"]["data"]["name"] = "mmrec"   # A frozen-feature run's summary.
+  summary["config"]["data"]["name"] = "mmrec"   # A feature-graph run's summary.
   (tmp_path / "summary.json").write_text(json.dumps(summary))
-  with pytest.raises(MmjaxError, match="frozen-feature MMRec run"):
+  with pytest.raises(MmjaxError, match="feature-graph run"):
     mmjax.load(tmp_path)

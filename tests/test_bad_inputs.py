@@ -2,11 +2,9 @@
 the file/key/line, exit 2, no traceback, and nothing left in the workdir."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
-from absl import flags
 from PIL import Image
 
 import training_runs as runs
@@ -17,17 +15,15 @@ CONFIG = os.path.join(runs.HERE, "tiny_cli_config.py")
 
 
 @pytest.fixture()
-def train(monkeypatch, capsys):
+def train(capsys):
   """train(workdir, *overrides) -> (exit code, stdout, stderr), in-process."""
 
   def run(workdir, *overrides, verbose=False):
-    argv = ["mmjax train", "--config", CONFIG, f"--workdir={workdir}",
+    # Each data path starts from a config it reads every key of.
+    config = {"data.name=raw": CONFIG + ":raw", "data.name=mmrec": "mmrec"}.get(
+        next((o for o in overrides if o.startswith("data.name=")), ""), CONFIG)
+    argv = ["mmjax train", "--config", config, f"--workdir={workdir}",
             *[f"--config.{o}" for o in overrides]] + (["--verbose"] if verbose else [])
-    # absl defines one flag per `--config.x` override on each parse.
-    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-      delattr(flags.FLAGS, name)
-    flags.FLAGS.unparse_flags()
-    monkeypatch.setattr(sys, "argv", argv)   # config_flags reads it.
     capsys.readouterr()
     try:
       cli.train_main(argv)
@@ -80,8 +76,8 @@ def test_unwritable_workdir(train, tmp_path, data_dir):
 
 def test_more_item_id_clusters_than_items(train, tmp_path, data_dir):
   _refused(train(tmp_path / "run", f"data.dir={data_dir}",
-                 "model.rec.item_id_clusters=(4,100000)"),
-           "config.model.rec.item_id_clusters=(100000,)", "more clusters than the")
+                 "postprocess.item_id_clusters=(4,100000)"),
+           "config.postprocess.item_id_clusters=(100000,)", "more clusters than the")
   assert not (tmp_path / "run").exists()
 
 

@@ -1,65 +1,323 @@
-"""The config tree: locked, validated, overrides checked."""
+"""The config schema: defaults, every check, old and unknown keys, data
+paths, config files and their arguments, and the generated docs/config.md."""
 
+import os
+import re
+
+import ml_collections
 import pytest
 
-from mmjax.config import default_config, unknown_override_keys, validate
+from mmjax import config as config_lib
+from mmjax.config import doc, loader
+from mmjax.config.checks import in_bounds
+from mmjax.config.schema import GRID_KEYS, KEYS, RENAMED
 from mmjax.errors import MmjaxError
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = ("base", "clothing", "dbbook", "demo", "mmrec", "tiny")
+# What the feature-graph configs need from the command line.
+MMREC_ARGS = {"data.dir": "/data/dbbook", "data.inter_file": "dbbook.inter"}
 
-def test_default_and_demo_validate():
-  validate(default_config())
-  import runpy
-  validate(runpy.run_path("configs/demo.py")["get_config"]())
+
+def _set(config, path, value):
+  *parents, leaf = path.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def _unchecked():
+  """The default tree without ConfigDict's type checks, to plant any value."""
+  return ml_collections.ConfigDict(config_lib.default_config().to_dict(),
+                                   type_safe=False)
+
+
+def test_defaults_round_trip_the_schema():
+  c = config_lib.default_config()
+  assert {k.path: config_lib.get(c, k.path) for k in KEYS} == {
+      k.path: k.default for k in KEYS}
+  config_lib.validate(c)
 
 
 def test_tree_is_locked():
-  c = default_config()
+  c = config_lib.default_config()
   with pytest.raises(AttributeError):
     c.train.stepz = 3
 
 
-@pytest.mark.parametrize("path,value,needle", [
-    ("model.fusion.kind", "gated", "model.fusion.kind"),
-    ("train.batch_size", 0, "train.batch_size"),
-    ("loss.mmd", -1.0, "loss.mmd"),
-    ("data.mlm_prob", 1.5, "data.mlm_prob"),
-    ("model.image.patch_size", 5, "patch_size"),
-    ("model.text.heads", 3, "model.text.hidden"),
-    ("model.rec.item_id_scales", (0.5, -1.0), "model.rec.item_id_scales"),
-    ("model.rec.item_id_scales", ("half",), "model.rec.item_id_scales"),
-    ("model.rec.item_id_clusters", (1,), "model.rec.item_id_clusters"),
-    ("data.eval_history_len", -1, "data.eval_history_len"),
-    ("model.rec.item_id_clusters", (2.5,), "model.rec.item_id_clusters"),
-    ("model.rec.item_id_clusters", (True,), "model.rec.item_id_clusters"),
-    ("model.rec.refit_penalties", (1.0, 0.0), "model.rec.refit_penalties"),
-    ("model.rec.refit_penalties", (True,), "model.rec.refit_penalties"),
-    ("model.rec.refit_penalties", ("1",), "model.rec.refit_penalties"),
-    ("model.rec.refit_steps", 0, "model.rec.refit_steps"),
-    ("train.cpu_ynn_fusions", "reduce,dots", "train.cpu_ynn_fusions"),
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_validate(name):
+  c = config_lib.load(name)
+  if c.data.name == "mmrec":
+    for path, value in MMREC_ARGS.items():
+      _set(c, path, value)
+  if c.data.name == "raw":
+    c.data.raw.root = "/data/clothing"
+  config_lib.validate(c)
+
+
+def _outside(bounds: str, kind: type):
+  """A value of `kind` that breaks `bounds`."""
+  for candidate in (-1, 0, 1, 2, -1.5, 0.0, 1.0, 0.5):
+    value = kind(candidate)
+    if not in_bounds(value, bounds):
+      return value
+  raise AssertionError(bounds)
+
+
+BOUNDED = [k for k in KEYS if k.bounds]
+
+
+@pytest.mark.parametrize("key", BOUNDED, ids=[k.path for k in BOUNDED])
+def test_every_bound_is_checked(key):
+  c = config_lib.default_config()
+  bad = _outside(key.bounds, key.of or key.type)
+  _set(c, key.path, (bad,) if key.type is tuple else bad)
+  with pytest.raises(MmjaxError, match=f"config.{key.path}="):
+    config_lib.validate(c)
+
+
+CHOOSY = [k for k in KEYS if k.choices]
+
+
+@pytest.mark.parametrize("key", CHOOSY, ids=[k.path for k in CHOOSY])
+def test_every_choice_is_checked(key):
+  c = config_lib.default_config()
+  _set(c, key.path, "nope")
+  with pytest.raises(MmjaxError, match=f"config.{key.path}='nope': choose one of"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("key", KEYS, ids=[k.path for k in KEYS])
+def test_every_type_is_checked(key):
+  c = _unchecked()
+  _set(c, key.path, 3 if key.type is str else "x")
+  with pytest.raises(MmjaxError, match=f"config.{key.path}=.*expected"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("path,value", [
+    ("postprocess.item_id_scales", ("half",)),
+    ("postprocess.item_id_clusters", (2.5,)),
+    ("postprocess.item_id_clusters", (True,)),
+    ("postprocess.user_refit_penalties", ("1",)),
+    ("model.image.cnn_widths", (16, 0.5)),
 ])
-def test_bad_values_name_the_key(path, value, needle):
-  c = default_config()
-  node = c
-  *parents, leaf = path.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
+def test_tuple_elements_are_checked(path, value):
+  c = config_lib.default_config()
+  _set(c, path, value)
+  with pytest.raises(MmjaxError, match=f"config.{path}="):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    ("model.image.patch_size", 5, "patch_size=5 must divide the image size 32"),
+    ("model.text.heads", 3, "model.text.hidden=64 must be divisible by heads=3"),
+    ("train.accum_steps", 3, "accum_steps=3 must divide"),
+    ("train.freeze", ("text/(",), r"train.freeze\[0\]"),
+    ("mesh.rules", (("x", ("batch",)),), "axes must be"),
+    ("mesh.data", 0, "mesh.data=0 must be -1 or > 0"),
+    ("model.image.init_from", "/nonexistent", "no HF checkpoint folder"),
+])
+def test_constraints_between_keys(path, value, needle):
+  c = config_lib.default_config()
+  _set(c, path, value)
   with pytest.raises(MmjaxError, match=needle):
-    validate(c)
+    config_lib.validate(c)
 
 
-def test_unknown_override_keys():
-  argv = ["x", "--config.train.steps=3", "--config.train.stepz=4", "--config.nope.a=1",
-          "--workdir=/tmp"]
-  assert unknown_override_keys(default_config(), argv) == ["train.stepz", "nope.a"]
-
-
-@pytest.mark.parametrize("key,value", [("item_id_scales", (0.5,)),
-                                       ("item_id_clusters", (5,))])
-def test_item_id_table_choices_need_the_item_id_embedding(key, value):
-  c = default_config()
-  c.model.rec[key] = value
-  validate(c)
+@pytest.mark.parametrize("key", ["item_id_scales", "item_id_clusters"])
+def test_item_id_table_choices_need_the_item_id_embedding(key):
+  c = config_lib.default_config()
+  c.postprocess[key] = (5,)
+  config_lib.validate(c)
   c.model.rec.item_id_embedding = False
   with pytest.raises(MmjaxError, match=f"{key} needs .*item_id_embedding"):
-    validate(c)
+    config_lib.validate(c)
+
+
+def _mmrec():
+  c = config_lib.load("mmrec")
+  for path, value in MMREC_ARGS.items():
+    _set(c, path, value)
+  return c
+
+
+def test_feature_graph_constraints():
+  c = _mmrec()
+  c.grid.key = "train.lr"
+  with pytest.raises(MmjaxError, match="grid.key and config.grid.points go together"):
+    config_lib.validate(c)
+  c.grid.points = (1e-3, 1e-2)
+  config_lib.validate(c)
+  c.feature_graph.fusion = "mlp"
+  with pytest.raises(MmjaxError, match="needs exactly two .*got 0"):
+    config_lib.validate(c)
+  c.data.feature_files = "a.npy,b.npy"
+  config_lib.validate(c)
+  c.data.inter_file = ""
+  with pytest.raises(MmjaxError, match="config.data.inter_file is required for "
+                     "data.name='mmrec'"):
+    config_lib.validate(c)
+
+
+def test_grid_keys_are_the_feature_graph_hyperparameters():
+  from mmjax.train import feature_graph_step
+  assert set(GRID_KEYS) == set(feature_graph_step.HPARAMS)
+
+
+@pytest.mark.parametrize("path,value", [
+    ("loss.mmd", 0.5), ("loss.coral", 0.0), ("model.text.hidden", 32),
+    ("postprocess.item_id_scales", (0.5,)), ("data.synthetic.num_items", 10),
+    ("data.raw.image_size", 32), ("train.steps", 10), ("mesh.rules", (("x", ()),)),
+])
+def test_keys_the_feature_graph_ignores_are_errors(path, value):
+  c = _mmrec()
+  _set(c, path, value)
+  with pytest.raises(MmjaxError, match=f"config.{path}=.* is not read by "
+                     "data.name='mmrec' \\(the feature-graph recommender\\)"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("name", ["synthetic", "raw"])
+@pytest.mark.parametrize("path,value", [
+    ("feature_graph.negatives", 3), ("data.inter_file", "x.inter"),
+    ("data.feature_files", "a.npy"), ("seeds", (0, 1)),
+])
+def test_keys_the_end_to_end_model_ignores_are_errors(name, path, value):
+  c = config_lib.default_config()
+  c.data.name = name
+  if name == "raw":
+    c.data.raw.root = "/data/shop"
+  _set(c, path, value)
+  with pytest.raises(MmjaxError, match=f"config.{path}=.* is not read by "
+                     f"data.name='{name}'"):
+    config_lib.validate(c)
+
+
+def test_the_raw_path_ignores_the_synthetic_catalog():
+  c = config_lib.default_config()
+  c.data.name, c.data.raw.root = "raw", "/data/shop"
+  config_lib.validate(c)
+  c.data.synthetic.num_items = 10
+  with pytest.raises(MmjaxError, match="data.synthetic.num_items=10 is not read"):
+    config_lib.validate(c)
+
+
+# --- Overrides and config files --------------------------------------------
+
+def test_unknown_override_key_suggests_the_closest():
+  with pytest.raises(MmjaxError, match=r"unknown config key: config.train.stepz "
+                     r"\(did you mean config.train.steps\?\)"):
+    loader.split_overrides(["--config.train.stepz=3"])
+  with pytest.raises(MmjaxError, match="config.model.text is a section"):
+    loader.split_overrides(["--config.model.text=3"])
+
+
+def _config_file(tmp_path, body, name="c.py"):
+  path = tmp_path / name
+  path.write_text("from mmjax.config import default_config\n\n"
+                  "def get_config():\n  c = default_config()\n"
+                  f"  {body}\n  return c\n")
+  return str(path)
+
+
+def test_unknown_key_in_a_config_file_names_the_line(tmp_path):
+  path = _config_file(tmp_path, "c.model.text.hiden = 3")
+  with pytest.raises(MmjaxError, match=re.escape(path) + ":5: unknown config key 'hiden' "
+                     r"\(did you mean config.model.text.hidden"):
+    config_lib.load(path)
+
+
+def test_wrong_type_in_a_config_file(tmp_path):
+  path = _config_file(tmp_path, "c.train.steps = 1.5")
+  with pytest.raises(MmjaxError, match=re.escape(path) + ":5: steps=1.5: expected an integer"):
+    config_lib.load(path)
+
+
+def _old_path(old):
+  """A leaf path under `old` (a renamed section names its keys)."""
+  return old + ".negatives" if old == "frozen" else old
+
+
+@pytest.mark.parametrize("old", list(RENAMED))
+def test_old_keys_name_the_new_one(old, tmp_path):
+  new = RENAMED[old]
+  want = (f"config.{_old_path(old)} was renamed config.{new}" if new
+          else f"config.{old} was removed")
+  with pytest.raises(MmjaxError, match=want):
+    loader.split_overrides([f"--config.{_old_path(old)}=1"])
+  path = _config_file(tmp_path, f"c.{_old_path(old)} = 1")
+  with pytest.raises(MmjaxError, match=re.escape(path) + f":5: config.{old} was "
+                     + (f"renamed config.{new}" if new else "removed")):
+    config_lib.load(path)
+
+
+@pytest.mark.parametrize("path,text,value", [
+    ("seeds", "0,1,2", (0, 1, 2)),
+    ("seeds", "(0, 1)", (0, 1)),
+    ("seeds", "", ()),
+    ("train.freeze", "text/.*", ("text/.*",)),
+    ("grid.points", "(1e-3,3e-3)", (1e-3, 3e-3)),
+    ("data.augment", "false", False),
+    ("train.lr", "1", 1.0),
+    ("data.name", "raw", "raw"),
+])
+def test_override_values_take_the_key_type(path, text, value):
+  c = config_lib.default_config()
+  loader.apply_override(c, path, text)
+  assert config_lib.get(c, path) == value
+
+
+def test_override_of_the_wrong_type():
+  with pytest.raises(MmjaxError, match=r"--config.train.steps=abc: expected an integer"):
+    loader.apply_override(config_lib.default_config(), "train.steps", "abc")
+
+
+def test_overrides_with_a_space_and_the_other_arguments():
+  assert loader.split_overrides(["--config.train.steps", "5", "--workdir=w"]) == (
+      [("train.steps", "5")], ["--workdir=w"])
+
+
+def test_config_argument():
+  assert config_lib.load("demo:small").train.steps < config_lib.load("demo").train.steps
+  with pytest.raises(MmjaxError, match="unknown variant 'huge'"):
+    config_lib.load("demo:huge")
+  with pytest.raises(MmjaxError, match=r"get_config\(\) takes no argument"):
+    config_lib.load("base:small")
+  raw = config_lib.load(os.path.join(ROOT, "tests", "tiny_cli_config.py") + ":raw")
+  assert raw.data.synthetic.num_items == config_lib.default_config().data.synthetic.num_items
+
+
+@pytest.mark.parametrize("spec", ["demo", "demo.py", "configs/demo.py"])
+def test_shipped_configs_resolve_by_name(spec, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)   # No configs/ here: the packaged file is used.
+  path, arg = config_lib.resolve(spec + ":small")
+  assert path == os.path.join(loader.shipped_dir(), "demo.py") and arg == "small"
+
+
+def test_an_existing_file_wins_and_a_missing_one_lists_the_shipped(tmp_path):
+  path = _config_file(tmp_path, "pass", name="demo.py")
+  assert config_lib.resolve(path) == (path, None)
+  assert config_lib.shipped_configs() == list(SHIPPED)
+  with pytest.raises(MmjaxError, match="config file not found: nope .shipped "
+                     "configs: base, clothing, dbbook, demo, mmrec, tiny"):
+    config_lib.resolve("nope")
+  with pytest.raises(MmjaxError, match="config file not found"):
+    config_lib.resolve(str(tmp_path / "elsewhere" / "demo.py"))
+
+
+def test_configs_ship_in_the_package():
+  assert os.path.isfile(os.path.join(loader.shipped_dir(), "__init__.py"))
+  assert os.path.realpath(os.path.join(ROOT, "configs")) == os.path.realpath(
+      loader.shipped_dir())
+
+
+def test_config_reference_is_current():
+  with open(os.path.join(ROOT, "docs", "config.md")) as f:
+    written = f.read()
+  assert written == doc.markdown(), (
+      f"docs/config.md is stale; regenerate it: {doc.COMMAND}")
+  for key in KEYS:
+    assert f"`{key.path}`" in written

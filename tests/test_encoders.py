@@ -71,12 +71,12 @@ def weighted_sum(outputs):
 
 def assert_param_grads_ok(model, forward):
   """Checks d weighted_sum(forward(model)) / d param is finite and nonzero."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
 
   @jax.jit
   def grad_fn(params):
     return jax.grad(
-        lambda p: weighted_sum(forward(nnx.merge(graphdef, p, rest))))(params)
+        lambda p: weighted_sum(forward(nnx.merge(graphdef, p, buffers))))(params)
 
   leaves = jax.tree_util.tree_leaves_with_path(grad_fn(params))
   assert leaves

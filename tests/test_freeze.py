@@ -12,7 +12,7 @@ from mmjax.data.pipeline import text_tokenizer, train_dataset
 from mmjax.errors import MmjaxError
 from mmjax.models.encoders import hf_import
 from mmjax.models.model import DataShapes, build_model
-from mmjax.train import mesh as mesh_lib
+from mmjax import mesh as mesh_lib
 from mmjax.train.optimizer import (FROZEN, TRAINABLE, freeze_labels,
                                    learning_rate, make_optimizer, param_path)
 from mmjax.train.step import init_state, make_train_step, state_shardings
@@ -61,7 +61,7 @@ def trained(data_dir, tmp_path_factory):
   for _ in range(STEPS):
     state, metrics = step(state, mesh_lib.global_batch(next(data), mesh))
   assert np.isfinite(float(metrics["loss"]))
-  trained_text = nnx.merge(graphdef, state["params"], state["rest"]).text
+  trained_text = nnx.merge(graphdef, state["params"], state["buffers"]).text
   after_checkpoint = hf_import.export_state_dict(trained_text, hf_import.bert_mapping(2))
   return before, _flat(state["params"]), labels, state, (stored, after_checkpoint)
 

@@ -1,10 +1,10 @@
-"""Post-training transforms of the item-ID table (eval/item_id_table.py)."""
+"""Post-training transforms of the item-ID table (postprocess/item_id_table.py)."""
 
 import numpy as np
 import pytest
 
-from mmjax.eval import item_id_table
-from mmjax.eval.item_id_table import IDENTITY, TableTransform, candidates, kmeans
+from mmjax.postprocess import item_id_table
+from mmjax.postprocess.item_id_table import IDENTITY, TableTransform, candidates, kmeans
 
 
 def _blobs(seed=0, n=300, k=4, dim=8, spread=0.3):

@@ -1,5 +1,5 @@
-"""The frozen-feature trainer: the scan epoch, vmapped seeds and grids, the
-launch contract, and a DBbook smoke run."""
+"""The feature-graph trainer: the scan epoch, vmapped seeds and grids, its
+evaluator, the launch contract, and a DBbook smoke run."""
 
 import json
 import os
@@ -12,13 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmjax import config as config_lib
+from mmjax import mesh as mesh_lib
 from mmjax.data.catalog import TEST, TRAIN, VALID
+from mmjax.errors import MmjaxError
+from mmjax.eval import feature_graph as fg_eval
 from mmjax.eval import ranking
 from mmjax.eval.metrics import pad_lists
-from mmjax.errors import MmjaxError
-from mmjax.train import frozen_step as fs
-from mmjax.train import frozen_trainer as ft
-from mmjax.train import mesh as mesh_lib
+from mmjax.run import train_and_evaluate
+from mmjax.train import feature_graph_step as fs
+from mmjax.train import feature_graph_trainer as ft
 from mmjax.train import reporting
 
 from mmrec_fixtures import make_dataset
@@ -35,7 +38,7 @@ def tiny_config(data_dir, feature_files):
   c.model.dim = 8
   c.train.batch_size = 64
   c.train.lr = 0.05
-  c.frozen.update(negatives=8, knn_k=3, epochs=4)
+  c.feature_graph.update(negatives=8, knn_k=3, epochs=4)
   return c
 
 
@@ -51,12 +54,13 @@ def setup(toy):
   cfg = tiny_config(*toy)
   data = ft.load_data(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  consts = ft.build_constants(data, cfg.frozen, mesh)
+  consts = ft.build_constants(data, cfg.feature_graph, mesh)
   shape = fs.Shape(num_users=data.num_users, num_items=data.num_items,
                    num_train=len(data.pairs[TRAIN]), batch_size=cfg.train.batch_size,
-                   negatives=cfg.frozen.negatives, layers=cfg.frozen.layers,
-                   item_layers=cfg.frozen.item_layers, k_max=10)
-  programs = fs.Programs(cfg.frozen, cfg.model.dim, shape,
+                   negatives=cfg.feature_graph.negatives,
+                   layers=cfg.feature_graph.layers,
+                   item_layers=cfg.feature_graph.item_layers)
+  programs = fs.Programs(cfg.feature_graph, cfg.model.dim, shape,
                          [f.shape[1] for f in data.features.values()], mesh)
   return cfg, consts, shape, programs
 
@@ -82,7 +86,7 @@ def test_epoch_order_visits_every_pair_once(setup):
 
 def test_one_batch_epoch_is_the_padded_range():
   shape = fs.Shape(num_users=3, num_items=5, num_train=10, batch_size=16,
-                   negatives=2, layers=1, item_layers=0, k_max=2)
+                   negatives=2, layers=1, item_layers=0)
   order = np.asarray(fs.epoch_order(jax.random.key(0), shape))
   np.testing.assert_array_equal(order, np.arange(16)[None])
 
@@ -114,7 +118,7 @@ def test_grid_values_are_per_run_hyper_parameters(setup):
   assert all(moved)
 
 
-def test_rank_all_equals_one_top_k_over_all_users(toy, setup):
+def test_rank_runs_equals_one_top_k_over_all_users(toy, setup):
   """Both rankers, per run, give each target's place in one top_k over the
   masked scores of all evaluated users."""
   cfg, consts, shape, programs = setup
@@ -122,7 +126,7 @@ def test_rank_all_equals_one_top_k_over_all_users(toy, setup):
   states, _ = _train(setup, [0, 1], [0.05], epochs=1)
   hps = fs.stack_hparams([fs.hparams(cfg)] * 2)
   users, items = programs.embed(consts, states["params"], hps)
-  eval_users = ft.eval_users(data)
+  eval_users = data.eval_users()
   per_split = {s: data.user_items(s) for s in (TRAIN, VALID, TEST)}
   targets = np.concatenate(
       [pad_lists([per_split[s][u] for u in eval_users]) for s in (VALID, TEST)], 1)
@@ -130,13 +134,14 @@ def test_rank_all_equals_one_top_k_over_all_users(toy, setup):
   for row, u in enumerate(eval_users):
     exclude[row, per_split[TRAIN][u]] = True
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  host = ft.make_ranker(data, targets, mesh)
+  host = fg_eval.make_ranker(data, targets, mesh)
   assert isinstance(host, ranking.HostRanker)   # "auto" on CPU.
-  assert isinstance(ft.make_ranker(data, targets, mesh, "device"), ranking.DeviceRanker)
+  assert isinstance(fg_eval.make_ranker(data, targets, mesh, "device"),
+                    ranking.DeviceRanker)
   host.block = 7   # Blocks that do not divide the users.
   device = ranking.DeviceRanker(jnp.asarray(exclude), targets, host.k, block=9)
   for ranker in (host, device):
-    got = programs.rank_all(consts, states["params"], hps, ranker)
+    got = fg_eval.rank_runs(ranker, users, items)
     assert got.shape == (2,) + targets.shape
     for r in range(2):
       scores = jnp.where(exclude, -jnp.inf, users[r] @ items[r].T)
@@ -149,13 +154,13 @@ def test_rank_all_equals_one_top_k_over_all_users(toy, setup):
 
 def test_bad_grid_and_missing_inter_file_are_user_errors(toy, tmp_path):
   cfg = tiny_config(*toy)
-  cfg.grid.key, cfg.grid.points = "frozen.layers", (1, 2)
-  with pytest.raises(MmjaxError, match="config.grid.key='frozen.layers'"):
-    ft.run_list(cfg)
+  cfg.grid.key, cfg.grid.points = "feature_graph.layers", (1, 2)
+  with pytest.raises(MmjaxError, match="config.grid.key='feature_graph.layers'"):
+    config_lib.validate(cfg)
   cfg = tiny_config(*toy)
   cfg.data.inter_file = ""
   with pytest.raises(MmjaxError, match="config.data.inter_file is required"):
-    ft.train_and_evaluate_frozen(cfg, str(tmp_path))
+    train_and_evaluate(cfg, str(tmp_path))
 
 
 def test_launch_writes_the_summary_contract(toy, tmp_path):
@@ -166,8 +171,8 @@ def test_launch_writes_the_summary_contract(toy, tmp_path):
          "--config.data.inter_file=toy.inter",
          f"--config.data.feature_files={','.join(names)}",
          "--config.seeds=(0,1)", "--config.model.dim=8",
-         "--config.train.batch_size=64", "--config.frozen.negatives=8",
-         "--config.frozen.knn_k=3", "--config.frozen.epochs=3"]
+         "--config.train.batch_size=64", "--config.feature_graph.negatives=8",
+         "--config.feature_graph.knn_k=3", "--config.feature_graph.epochs=3"]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   s = json.load(open(workdir / "summary.json"))
@@ -195,8 +200,8 @@ def test_dbbook_smoke(tmp_path):
   c.seeds = ()                         # One run, one epoch: a smoke test.
   c.model.dim = 16
   c.train.batch_size = 32768
-  c.frozen.update(epochs=1, negatives=64, layers=1)
-  s = ft.train_and_evaluate_frozen(c, str(tmp_path), log=lambda *_: None)
+  c.feature_graph.update(epochs=1, negatives=64, layers=1)
+  s = train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
   assert s["data"]["num_users"] == 6179 and s["data"]["num_items"] == 4191
   assert (s["data"]["num_train"], s["data"]["num_valid"], s["data"]["num_test"]) == (
       94963, 9478, 17338)

@@ -10,7 +10,7 @@ from mmjax.data import store
 from mmjax.data.features import TextTokenizer
 from mmjax.data.pipeline import train_dataset
 from mmjax.models.model import DataShapes, build_model
-from mmjax.train import mesh as mesh_lib
+from mmjax import mesh as mesh_lib
 from mmjax.train.optimizer import learning_rate, make_optimizer
 from mmjax.train.step import (TERMS, init_state, make_loss_fn, make_train_step,
                               state_shardings)
@@ -48,10 +48,10 @@ def test_every_parameter_gets_a_gradient(setup):
   # A filled memory (it starts empty), so the history MLP sees real input.
   memory = jax.random.normal(jax.random.key(1), model.rec.item_memory.shape)
   model.rec.item_memory[...] = memory / jnp.linalg.norm(memory, axis=-1, keepdims=True)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
   loss_fn = make_loss_fn(graphdef, cfg.loss)
   grad = jax.jit(jax.grad(loss_fn, has_aux=True))
-  grads, (terms, memory) = grad(params, rest, b, jax.random.key(0), jnp.int32(0))
+  grads, (terms, memory) = grad(params, buffers, b, jax.random.key(0), jnp.int32(0))
   assert set(terms) >= set(TERMS)
   assert memory.shape == (shapes.num_items, cfg.model.dim)
   flat = nnx.to_flat_state(grads)
@@ -72,7 +72,7 @@ def test_step_refreshes_the_item_memory(setup):
   step = make_train_step(graphdef, tx, cfg.loss, mesh, sh, learning_rate(cfg.train))
   state, _ = step(jax.device_put(state, sh), mesh_lib.global_batch(
       {k: np.asarray(v) for k, v in b.items()}, mesh))
-  memory = np.asarray(nnx.merge(graphdef, state["params"], state["rest"]).rec.item_memory[...])
+  memory = np.asarray(nnx.merge(graphdef, state["params"], state["buffers"]).rec.item_memory[...])
   ids = np.asarray(b["item_id"])
   _, first = np.unique(ids, return_index=True)
   dup = np.bincount(ids)[ids[first]] > 1

@@ -10,9 +10,9 @@ import pytest
 import training_runs as runs
 from mmjax.errors import MmjaxError
 from mmjax.train import guard
-from mmjax.train import mesh as mesh_lib
+from mmjax import mesh as mesh_lib
 from mmjax.train import reporting
-from mmjax.train.trainer import train_and_evaluate
+from mmjax.run import train_and_evaluate
 
 
 def _toy_step(loss, grad_norm):

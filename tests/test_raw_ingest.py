@@ -58,6 +58,7 @@ def data_config(root, cache):
   from tiny import tiny_config
   c = tiny_config()
   c.data.name = "raw"
+  c.data.synthetic.update(config_lib.default_config().data.synthetic)  # Unread.
   c.data.cache_dir = str(cache)
   c.data.raw.update(root=str(root), image_root="images", image_size=16,
                     tokenizer_vocab=200)
@@ -234,7 +235,7 @@ def make_shop(root, num_items=60, num_users=10, per_user=8, seed=0):
 
 @pytest.mark.slow  # One train-step and eval compile: ~40 s on 2 busy cores.
 def test_train_and_evaluate_on_an_ingested_folder(tmp_path):
-  from mmjax.train.trainer import train_and_evaluate
+  from mmjax.run import train_and_evaluate
   cfg = data_config(make_shop(str(tmp_path / "shop")), tmp_path / "cache")
   cfg.train.update(steps=2, batch_size=8, log_every=1, checkpoint_every=100)
   # This test is about the data, not the losses: fewer terms, faster compile.

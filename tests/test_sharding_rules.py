@@ -11,7 +11,7 @@ from flax import nnx
 
 from mmjax.config import default_config, validate
 from mmjax.errors import MmjaxError
-from mmjax.train import mesh as mesh_lib
+from mmjax import mesh as mesh_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

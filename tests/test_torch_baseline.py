@@ -14,11 +14,11 @@ from mmjax.baselines.torch import transfer  # noqa: E402
 from mmjax.baselines.torch.model import TorchMultimodalRecommender  # noqa: E402
 from mmjax.baselines.torch.train_step import TorchTrainStep, to_torch_batch  # noqa: E402
 from mmjax.models.model import build_model  # noqa: E402
-from mmjax.train import mesh as mesh_lib  # noqa: E402
+from mmjax import mesh as mesh_lib  # noqa: E402
 from mmjax.train.step import init_state, make_train_step, state_shardings  # noqa: E402
 from tiny import shapes_and_batch  # noqa: E402
 
-pytestmark = pytest.mark.slow   # Two JAX step compiles: ~40-80 s on 2 shared cores.
+pytestmark = pytest.mark.slow   # Two JAX step compiles.
 LR = 0.5
 VARIANTS = {
     # Every loss term; CLS pooling (BERT pooler), MLP fusion, item memory.
@@ -55,7 +55,7 @@ def one_step(request, data_dir):
   shapes, batch = shapes_and_batch(config)
   tx = optax.sgd(LR)
   graphdef, state = init_state(build_model(config.model, shapes, seed=0), tx, 0)
-  start = _copy((state["params"], state["rest"]))
+  start = _copy((state["params"], state["buffers"]))
   tmodel = TorchMultimodalRecommender(config.model, shapes)
   transfer.to_torch(nnx.merge(graphdef, *_copy(start)), tmodel)
 
@@ -73,7 +73,7 @@ def one_step(request, data_dir):
   tstep = TorchTrainStep(tmodel, config.loss, torch.optim.SGD(tmodel.parameters(), lr=LR))
   t_loss, t_terms = tstep(to_torch_batch(batch))
   return dict(start=start, round_trip=round_trip,
-              jax=(jax.device_get(metrics), jax.device_get((new_state["params"], new_state["rest"]))),
+              jax=(jax.device_get(metrics), jax.device_get((new_state["params"], new_state["buffers"]))),
               torch=(float(t_loss), {k: float(v) for k, v in t_terms.items()},
                      from_torch()))
 

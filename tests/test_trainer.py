@@ -9,7 +9,7 @@ import pytest
 
 from mmjax.train import reporting
 from mmjax.train.step import TERMS
-from mmjax.train.trainer import train_and_evaluate
+from mmjax.run import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +103,11 @@ def test_rerun_resumes_from_the_latest_checkpoint(run):
   assert summary["train"]["resumed_from"] == 6
   rows = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [2, 4, 6, 8]
+
+
+def test_dry_run_compiles_the_step_and_leaves_no_workdir(config, tmp_path):
+  workdir = tmp_path / "never_made"
+  got = train_and_evaluate(config, str(workdir), log=lambda *_: None, dry_run=True)
+  assert got["dry_run"] and got["flops_per_step"] > 0
+  assert got["memory_bytes_per_device"]["argument"] > 0
+  assert not workdir.exists()

@@ -1,13 +1,16 @@
-"""eval/user_refit.py: the post-training refit of the user vectors."""
+"""postprocess/user_refit.py: the post-training refit of the user vectors."""
+
+import json
 
 import ml_collections
 import numpy as np
 import pytest
 
 from mmjax.data.catalog import Catalog
-from mmjax.eval import user_refit
-from mmjax.eval.evaluate import evaluate_user_refits, rank
-from mmjax.train.trainer import _choose_user_refit
+from mmjax.errors import MmjaxError
+from mmjax.eval.evaluate import rank
+from mmjax.postprocess import choose, user_refit
+from mmjax.postprocess.choose import evaluate_user_refits
 
 U, N, D = 40, 60, 6
 
@@ -134,18 +137,46 @@ def test_the_tower_wins_ties(monkeypatch):
   assert tried["valid"]["tower"] == tried["valid"]["refit:1"]
 
 
+def _postprocess(tmp_path, catalog, tower, items, penalties):
+  """choose.run with only user refits asked for, from a tower's vectors."""
+  cfg = ml_collections.ConfigDict(dict(item_id_scales=(), item_id_clusters=(),
+                                       user_refit_penalties=penalties,
+                                       user_refit_steps=60))
+  evaluated = dict(rank(tower, items, catalog), scoring_vectors=(tower, items),
+                   item_vectors={}, retrieval={})
+  return choose.run(cfg, str(tmp_path), evaluated, embedder=None, params=None,
+                    buffers=None, catalog=catalog, history_len=8, step=7,
+                    log=lambda *_: None)
+
+
 def test_a_run_saves_the_chosen_refit_and_drops_a_stale_one(tmp_path):
   items, _, catalog = _catalog()
-  rec = ml_collections.ConfigDict(dict(refit_penalties=(0.3,), refit_steps=60))
-  report = _choose_user_refit(str(tmp_path), (np.zeros((U, D), np.float32), items),
-                              catalog, rec)
-  assert report["chosen"] == 0.3 and report["label"] == "refit:0.3"
-  saved = user_refit.load(str(tmp_path))
-  users, scored_items = user_refit.apply(saved, items)
-  assert rank(users, scored_items, catalog) == report["metrics"]
-  rec.refit_penalties = ()
-  assert _choose_user_refit(str(tmp_path), (np.zeros((U, D)), items), catalog, rec) is None
+  tower = np.zeros((U, D), np.float32)
+  result, summary = _postprocess(tmp_path, catalog, tower, items, (0.3,))
+  report = json.loads((tmp_path / choose.FILE).read_text())
+  assert report["step"] == 7
+  assert report["user_refit"]["chosen"] == 0.3
+  assert report["user_refit"]["label"] == summary["user_refit"] == "refit:0.3"
+  assert report["user_refit"]["file"] == user_refit.FILE
+  assert summary["as_trained_recall_at_20"]["valid"] == rank(tower, items, catalog)[
+      "valid"]["recall@20"]
+  assert set(result) == {"valid", "test", "retrieval"}   # No arrays left.
+  refit = choose.user_refit_vectors(str(tmp_path), choose.read(str(tmp_path)), 7)
+  users, scored_items = user_refit.apply(refit, items)
+  assert rank(users, scored_items, catalog) == {s: result[s] for s in ("valid", "test")}
+  assert choose.user_refit_vectors(str(tmp_path), choose.read(str(tmp_path)), 6) is None
+  result, summary = _postprocess(tmp_path, catalog, tower, items, ())
+  assert summary is None
   assert not (tmp_path / user_refit.FILE).exists()
+  assert not (tmp_path / choose.FILE).exists()
+
+
+def test_a_missing_refit_file_is_an_error_naming_it(tmp_path):
+  items, _, catalog = _catalog()
+  _postprocess(tmp_path, catalog, np.zeros((U, D), np.float32), items, (0.3,))
+  (tmp_path / user_refit.FILE).unlink()
+  with pytest.raises(MmjaxError, match=f"refit:0.3.*{user_refit.FILE}"):
+    choose.user_refit_vectors(str(tmp_path), choose.read(str(tmp_path)), 7)
 
 
 def test_describe_names_the_choice():

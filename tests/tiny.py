@@ -22,10 +22,10 @@ def tiny_config():
   c.loss.bpr = 0.1
   c.loss.bce = 0.1
   c.loss.co_item = 0.1
-  c.model.rec.item_id_scales = (0.5,)
-  c.model.rec.item_id_clusters = (3,)
-  c.model.rec.refit_penalties = (0.3, 3.0)
-  c.model.rec.refit_steps = 20
+  c.postprocess.item_id_scales = (0.5,)
+  c.postprocess.item_id_clusters = (3,)
+  c.postprocess.user_refit_penalties = (0.3, 3.0)
+  c.postprocess.user_refit_steps = 20
   c.train.steps = 6
   c.train.batch_size = 16
   c.train.warmup_steps = 2

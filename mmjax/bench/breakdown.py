@@ -32,7 +32,7 @@ def jax_parts(runner, config):
   def part(fn):
     def run(batch):
       s = runner.state
-      return fn(s["params"], s["rest"], batch, rng, s["step"])
+      return fn(s["params"], s["buffers"], batch, rng, s["step"])
     return run
 
   return dict(forward=part(fwd), forward_backward=part(fwd_bwd))

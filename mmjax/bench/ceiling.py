@@ -27,8 +27,8 @@ with the same masking as the run's own evaluation. Feature sets:
 test), a check of how much of the ID embeddings generalizes.
 
 With the run's own test metrics and the oracle beside them, it says whether a
-gap to the oracle lies in the item features or in what ~24 train interactions
-per user can tell about a user.
+gap to the oracle lies in the item features or in what the few train
+interactions per user can tell about a user.
 
 It also says where the variance of the run's vectors goes (`variance`): for
 the aligned text and image vectors, the item vectors, the item vectors with
@@ -158,7 +158,7 @@ def best_fit(features, catalog) -> dict:
 def id_scale_sweep(model) -> list[dict]:
   """The run's own valid/test metrics with its item-ID table scaled by each
   of ID_SCALES (item = normalize(content + s * ID); s = 1 is the run's
-  table as evaluated, i.e. after its own config.model.rec.item_id_scales /
+  table as loaded, i.e. after the run's own postprocess.item_id_scales /
   item_id_clusters choice), scored by the user tower (no user refit).
 
   Where a scale below 1 scores held-out interactions better, part of what

@@ -10,9 +10,9 @@ warm-up steps are excluded; the three runs are interleaved round by round
 and each figure is the median over rounds of (round time / steps). Each run
 starts its turn with an untimed switch-in of one JAX call's worth of steps
 (config.train.steps_per_call), so no run is charged for what the one before it
-left behind (the first XLA call after torch ran ~15% slower, its fresh
-buffers' page faults costing twice the kernel time); the switch-in times are
-reported too, and --switch-in 0 times the cold switch instead. FLOPs per
+left behind (the first XLA call after torch runs slower, its fresh buffers
+page-faulting); the switch-in times are reported too, and --switch-in 0
+times the cold switch instead. FLOPs per
 step come from XLA's cost analysis of the compiled JAX step (the same math
 runs on the torch side). Writes JSON and prints a markdown table.
 
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import runpy
 import statistics
 import sys
 import time
@@ -44,13 +43,13 @@ from mmjax.baselines.torch.transfer import to_torch
 from mmjax.data import store
 from mmjax.data.features import TextTokenizer
 from mmjax.data.pipeline import train_dataset
-from mmjax.kernels.flops import step_flops
 from mmjax.models.model import DataShapes, build_model
-from mmjax.train import mesh as mesh_lib
+from mmjax import mesh as mesh_lib
 from mmjax.train.optimizer import learning_rate, make_optimizer
-from mmjax.train.step import (compiler_options, init_state, make_multi_step,
-                              make_train_step, state_shardings)
-from mmjax.train.trainer import resolve_data_dir
+from mmjax.train.cost import step_flops
+from mmjax.train.step import (init_state, make_multi_step, make_train_step,
+                              state_shardings)
+from mmjax.data.resolve import resolve_data_dir
 
 RUNS = ("jax", "torch_eager", "torch_compile")
 # Dense bf16 tensor-core peaks (FLOP/s) of chips whose MFU is reported by
@@ -74,7 +73,7 @@ def cpu_name() -> str:
 
 
 def load_config(path: str):
-  config = runpy.run_path(path)["get_config"]()
+  config = config_lib.load(path)   # A file or a shipped config's name.
   config_lib.validate(config)
   return config
 
@@ -120,13 +119,13 @@ class JaxRunner:
     tx = make_optimizer(config.train)
     graphdef, state = init_state(model, tx, config.seed)
     self.graphdef = graphdef
-    self.model = nnx.merge(graphdef, *jax.tree.map(np.array, (state["params"], state["rest"])))
+    self.model = nnx.merge(graphdef, *jax.tree.map(np.array, (state["params"], state["buffers"])))
     mesh = mesh_lib.make_mesh(config.mesh)
     sh = state_shardings(state, mesh)
     self.state = jax.device_put(state, sh)
     self.per_call = k = config.train.steps_per_call
     args = (graphdef, tx, config.loss, mesh, sh, learning_rate(config.train),
-            config.train.accum_steps, compiler_options(config.train))
+            config.train.accum_steps)
     if k == 1:
       self.batches = [mesh_lib.global_batch(b, mesh) for b in batches]
       step = make_train_step(*args)
@@ -297,8 +296,7 @@ def main(argv=None) -> dict:
       threads=dict(torch_intra_op=torch.get_num_threads(),
                    torch_inter_op=torch.get_num_interop_threads(),
                    xla_cpu="all cores (XLA's default CPU pool)",
-                   xla_flags=os.environ.get("XLA_FLAGS", ""),
-                   xla_step_options=compiler_options(config.train)),
+                   xla_flags=os.environ.get("XLA_FLAGS", "")),
       versions=dict(jax=jax.__version__, torch=torch.__version__),
       protocol=dict(steps_per_round=args.steps, rounds=args.rounds, warmup=args.warmup,
                     batches=args.batches,

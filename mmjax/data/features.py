@@ -99,7 +99,7 @@ def augment_images(images: np.ndarray, rng: np.random.Generator, max_shift: int 
   m = max_shift
   padded = np.pad(images, ((0, 0), (m, m), (m, m), (0, 0)), mode="edge")
   dy, dx = rng.integers(0, 2 * m + 1, (2, b))
-  # A slice per image beats one fancy-indexed gather by ~50x here.
+  # A slice per image: far cheaper than one fancy-indexed gather here.
   out = np.stack([padded[k, y:y + h, x:x + w] for k, (y, x) in enumerate(zip(dy, dx))])
   scale = rng.uniform(0.9, 1.1, (b, 1, 1, 1)).astype(np.float32)
   shift = rng.uniform(-0.1, 0.1, (b, 1, 1, 1)).astype(np.float32)

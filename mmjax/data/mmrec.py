@@ -1,4 +1,4 @@
-"""MMRec-format data: `<name>.inter` plus one frozen feature matrix per modality.
+"""MMRec-format data: `<name>.inter` plus one precomputed feature matrix per modality.
 
 The interaction file is tab-separated with a header naming `userID`,
 `itemID` and `x_label` (0/1/2 = train/valid/test), optionally `rating` and
@@ -48,6 +48,10 @@ class MMRecData:
     bounds = np.searchsorted(p[order, 0], np.arange(self.num_users + 1))
     items = p[order, 1]
     return [items[bounds[u]:bounds[u + 1]] for u in range(self.num_users)]
+
+  def eval_users(self) -> np.ndarray:
+    """The users with a valid or a test item, ascending."""
+    return np.unique(np.concatenate([self.pairs[VALID][:, 0], self.pairs[TEST][:, 0]]))
 
   def describe(self) -> str:
     counts = ", ".join(f"{SPLIT_NAMES[s]} {len(self.pairs[s])}"

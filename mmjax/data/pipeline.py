@@ -11,13 +11,13 @@ processes with `data.worker_count > 0`.
 
 Items are tokenized once, up front, into an in-memory `ItemFeatures` table,
 and interactions stream from memory: per-example tokenization and record
-decoding (~0.3 ms each) would cost more CPU than the train step on a small
-machine.
+decoding would cost more CPU than the train step on a small machine.
 """
 
 import dataclasses
 
 import grain
+from absl import flags
 import numpy as np
 
 from mmjax.data import store
@@ -143,6 +143,9 @@ def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=data_cfg.num_threads, prefetch_buffer_size=data_cfg.prefetch))
   if data_cfg.worker_count > 0:
+    # grain's worker processes read absl flags; the CLI parses none.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=data_cfg.worker_count))
   return it

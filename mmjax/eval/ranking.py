@@ -11,12 +11,11 @@ Two exact implementations:
 - `ranks_from_top_k`: inside a jitted program, from `lax.top_k` indices. This
   is the path on GPU and TPU.
 - `HostRanker`: for XLA:CPU, whose TopK is a single-threaded partial sort
-  over indirect indices (~29 us per 4191-item row at k = 50; XLA's sort takes
-  seconds). Per block of users that fits in cache, NumPy scores the block
-  (BLAS), masks it and selects the k largest values with `np.partition`
-  (SIMD), and a target's rank is the number of those values above its score.
-  Blocks run on a thread pool. DBbook's 6179 users x 4191 items: 52 ms,
-  against 164 ms for the jitted matmul + top_k on the same 2 cores.
+  over indirect indices (and a full sort is slower still). Per block of
+  users that fits in cache, NumPy scores the block (BLAS), masks it and
+  selects the k largest values with `np.partition` (SIMD), and a target's
+  rank is the number of those values above its score. Blocks run on a
+  thread pool, so every core works (docs/experiments.md has the figures).
 """
 
 from __future__ import annotations
@@ -93,7 +92,8 @@ class HostRanker:
                        f"{len(self.targets) + 1} (users + 1)")
     self.k, self.block = k, block
     if threads is None:
-      threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+      threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count())
     self.threads = max(1, threads or 1)
     self._pool = ThreadPoolExecutor(self.threads)
 

@@ -81,8 +81,7 @@ class CrossAttentionFusion(nnx.Module):
   def __init__(self, dim: int, heads: int, text_dim: int, image_dim: int,
                out_dim: int, layers: int = 1, *, z_dim: int | None = None,
                mlp_ratio: int = 4, ln_eps: float = 1e-6, dropout: float = 0.0,
-               attention_kernel: str = 'auto', dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     z_dim = dim if z_dim is None else z_dim
     if min(text_dim, image_dim, out_dim, layers, z_dim, mlp_ratio) <= 0:
       raise ValueError('text_dim, image_dim, out_dim, layers, z_dim and '
@@ -95,8 +94,7 @@ class CrossAttentionFusion(nnx.Module):
     self.image_proj = attn_lib.dense(image_dim, dim, **kw)
     self.layers = nnx.List([
         attn_lib.PreLNBlock(dim, heads, mlp_ratio * dim, cross=True,
-                            ln_eps=ln_eps, dropout=dropout,
-                            attention_kernel=attention_kernel, **kw)
+                            ln_eps=ln_eps, dropout=dropout, **kw)
         for _ in range(layers)
     ])
     self.layernorm = attn_lib.layer_norm(dim, ln_eps, **kw)
@@ -144,8 +142,6 @@ _FUSIONS = {'mlp': MLPFusion, 'cross_attention': CrossAttentionFusion}
 
 
 def build_fusion(kind: str, **kwargs) -> nnx.Module:
-  """Builds the fusion head `kind` ('mlp' or 'cross_attention')."""
-  if kind not in _FUSIONS:
-    raise ValueError(
-        f'unknown fusion kind {kind!r}; choose one of {sorted(_FUSIONS)}')
+  """Builds the fusion head `kind` ('mlp' or 'cross_attention'; the
+  config schema checks the choice)."""
   return _FUSIONS[kind](**kwargs)

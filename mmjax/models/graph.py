@@ -7,8 +7,8 @@ the partial sums. Edges are sorted by destination, so the sum runs in order.
 
 On one CPU device, edges marked `on_host` propagate through SciPy's CSR
 product instead (a `pure_callback` with its own VJP, A^T g): XLA:CPU writes
-the gathered (edges, dim) messages to memory before summing them, 29 ms per
-DBbook layer (190k edges x 64) against 8 ms for the CSR product.
+the gathered (edges, dim) messages to memory before summing them, which the
+CSR product never does.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from flax import nnx
 
 from mmjax.models import pretrained
 from mmjax.models.aligners import Projection
-from mmjax.models.encoders.linear import set_dense_kernel
 from mmjax.models.encoders.text import BertEncoder, MaskedLMHead
 from mmjax.models.encoders.vision import SmallCNN, ViT
 from mmjax.models.fusion import build_fusion
@@ -57,8 +56,7 @@ class MultimodalRecommender(nnx.Module):
           vocab_size=shapes.vocab_size, hidden=t.hidden, layers=t.layers,
           heads=t.heads, mlp_dim=t.mlp_dim, max_len=shapes.max_text_len,
           type_vocab=t.type_vocab, pooling=t.pooling, dropout=t.dropout,
-          remat=cfg.remat, attention_kernel=cfg.attention_kernel, dtype=dtype,
-          rngs=rngs)
+          remat=cfg.remat, dtype=dtype, rngs=rngs)
       self.mlm_head = MaskedLMHead(t.hidden, shapes.vocab_size, dtype=dtype, rngs=rngs)
     # Pixels arrive in [-1, 1]; a pretrained tower wants (x - mean) / std.
     self.pixel_mean, self.pixel_std = (0.5,) * 3, (0.5,) * 3
@@ -70,8 +68,7 @@ class MultimodalRecommender(nnx.Module):
           image_size=shapes.image_size, patch_size=im.patch_size,
           hidden=im.hidden, layers=im.layers, heads=im.heads,
           mlp_dim=im.mlp_dim, pooling=im.pooling, dropout=im.dropout,
-          remat=cfg.remat, attention_kernel=cfg.attention_kernel,
-          dtype=dtype, rngs=rngs)
+          remat=cfg.remat, dtype=dtype, rngs=rngs)
     else:
       self.image = SmallCNN(
           image_size=shapes.image_size, widths=tuple(im.cnn_widths),
@@ -85,7 +82,6 @@ class MultimodalRecommender(nnx.Module):
       fusion_kwargs.update(hidden=f.hidden)
     else:
       fusion_kwargs.update(heads=f.heads, layers=f.layers,
-                           attention_kernel=cfg.attention_kernel,
                            text_dim=text_hidden, image_dim=image_hidden)
     self.fusion = build_fusion(f.kind, **fusion_kwargs)
     self.contrastive = ContrastiveParams()
@@ -156,6 +152,4 @@ class MultimodalRecommender(nnx.Module):
 
 
 def build_model(cfg, shapes: DataShapes, *, seed: int) -> MultimodalRecommender:
-  model = MultimodalRecommender(cfg, shapes, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-  set_dense_kernel(model, cfg.dense_kernel)
-  return model
+  return MultimodalRecommender(cfg, shapes, rngs=nnx.Rngs(params=seed, dropout=seed + 1))

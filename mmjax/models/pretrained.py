@@ -28,7 +28,7 @@ def text_tower(cfg, shapes, rngs: nnx.Rngs):
                      f"the model only {arch['vocab_size']} embeddings")
   encoder = hf_import.load_text_encoder(
       t.init_from, pooling=t.pooling, dropout=t.dropout, remat=cfg.remat,
-      attention_kernel=cfg.attention_kernel, dtype=dtype, rngs=rngs)
+      dtype=dtype, rngs=rngs)
   head = hf_import.load_mlm_head(t.init_from, dtype=dtype, rngs=rngs)
   if head is None:
     head = MaskedLMHead(arch["hidden"], arch["vocab_size"], ln_eps=arch["ln_eps"],
@@ -46,8 +46,7 @@ def image_tower(cfg, shapes, rngs: nnx.Rngs):
                      f"{shapes.image_size}px")
   return hf_import.load_image_encoder(
       im.init_from, pooling=im.pooling, dropout=im.dropout, remat=cfg.remat,
-      attention_kernel=cfg.attention_kernel, dtype=jnp.dtype(cfg.dtype),
-      rngs=rngs)
+      dtype=jnp.dtype(cfg.dtype), rngs=rngs)
 
 
 def widths(model, cfg) -> tuple[int, int]:

@@ -37,8 +37,6 @@ class Recommender(nnx.Module):
                item_id_embedding: bool, user_id_embedding: bool,
                history: str, item_bias: bool, temperature: float,
                rngs: nnx.Rngs):
-    if history not in ("memory", "embedding"):
-      raise ValueError(f"history={history!r}: choose 'memory' or 'embedding'")
     self.item_id_embed = _embed(num_items, dim, rngs) if item_id_embedding else None
     self.user_embed = _embed(num_users, dim, rngs) if user_id_embedding else None
     self.item_bias = (nnx.Embed(num_items, 1, embedding_init=nnx.initializers.zeros,

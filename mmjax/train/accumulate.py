@@ -44,8 +44,8 @@ def _from_micro(x, shards: int):
 
 def gradcache_value_and_grad(encode, head, accum_steps: int, mesh):
   """Like `jax.value_and_grad(loss, has_aux=True)` for
-  loss(params, rest, batch, rng, step) = head(params, rest,
-  encode(params, rest, batch, rng), batch, rng, step), with `encode` run in
+  loss(params, buffers, batch, rng, step) = head(params, buffers,
+  encode(params, buffers, batch, rng), batch, rng, step), with `encode` run in
   `accum_steps` micro-batches. `encode` must be per-example (row i of its
   outputs depends on example i alone)."""
   shards = 1 if mesh is None else mesh.shape["data"]
@@ -61,21 +61,21 @@ def gradcache_value_and_grad(encode, head, accum_steps: int, mesh):
   def micro_rng(rng, m):
     return None if rng is None else jax.random.fold_in(rng, m)
 
-  def value_and_grad(params, rest, batch, rng, step):
+  def value_and_grad(params, buffers, batch, rng, step):
     micro_batches, index = micro(batch), jnp.arange(accum_steps)
     # 1. Per-example outputs of the whole batch, one micro-batch at a time.
-    outs = lax.map(lambda xs: encode(lax.stop_gradient(params), rest, xs[0],
+    outs = lax.map(lambda xs: encode(lax.stop_gradient(params), buffers, xs[0],
                                      micro_rng(rng, xs[1])),
                    (micro_batches, index))
     outs = jax.tree.map(lambda x: _from_micro(x, shards), outs)
     # 2. The loss on all of them, and its gradient w.r.t. them.
     (loss, aux), (grads, d_outs) = jax.value_and_grad(
-        head, argnums=(0, 2), has_aux=True)(params, rest, outs, batch, rng, step)
+        head, argnums=(0, 2), has_aux=True)(params, buffers, outs, batch, rng, step)
 
     # 3. Back through the encoders, one micro-batch at a time.
     def backward(grads, xs):
       mb, m, d_out = xs
-      _, pull = jax.vjp(lambda p: encode(p, rest, mb, micro_rng(rng, m)), params)
+      _, pull = jax.vjp(lambda p: encode(p, buffers, mb, micro_rng(rng, m)), params)
       return jax.tree.map(jnp.add, grads, pull(d_out)[0]), None
 
     grads, _ = lax.scan(backward, grads, (micro_batches, index, micro(d_outs)))

@@ -1,8 +1,11 @@
 """The one fused train step: every loss term under a single value_and_grad.
 
-The train state is a plain dict pytree {params, rest, opt_state, step, rng};
-the model's graphdef is split off once and merged inside the jitted function
-(the Flax NNX performance recipe), so the step is a pure function.
+The train state is a plain dict pytree {params, buffers, opt_state, step,
+skipped, rng}. `buffers` are the model's variables that are not parameters
+(the recommender's item-memory bank, RNG counts): carried from step to step,
+never differentiated. The model's graphdef is split off once and merged
+inside the jitted function (the Flax NNX performance recipe), so the step is
+a pure function.
 """
 
 import functools
@@ -12,7 +15,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mmjax import config as config_lib
 from mmjax.losses.alignment import coral, mmd
 from mmjax.losses.contrastive import infonce, siglip
 from mmjax.losses.mlm import masked_lm_mean, masked_lm_sums
@@ -20,7 +22,7 @@ from mmjax.losses.sharded_contrastive import ring_infonce, ring_siglip
 from mmjax.losses.recommendation import bce, bpr, co_item_infonce, sampled_softmax_logq
 from mmjax.models.aligners import l2_normalize
 from mmjax.train import accumulate, guard
-from mmjax.train import mesh as mesh_lib
+from mmjax import mesh as mesh_lib
 
 CONTRASTIVE_TERMS = ("infonce", "siglip", "mmd", "coral", "mlm", "orthogonality")
 USER_TERMS = ("softmax", "bpr", "bce")   # Score users against items.
@@ -115,14 +117,14 @@ def weighted_total(terms: dict, loss_cfg, step) -> jax.Array:
 
 def make_encode_and_head(graphdef, loss_cfg, mesh=None):
   """The objective in two parts, for GradCache (accumulate.py):
-  encode(params, rest, batch, rng) -> per-example outputs, and
-  head(params, rest, outputs, batch, rng, step) -> (loss, (metrics, memory))."""
-  def encode(params, rest, batch, rng):
+  encode(params, buffers, batch, rng) -> per-example outputs, and
+  head(params, buffers, outputs, batch, rng, step) -> (loss, (metrics, memory))."""
+  def encode(params, buffers, batch, rng):
     rngs = nnx.Rngs(dropout=rng) if rng is not None else None
-    return encode_batch(nnx.merge(graphdef, params, rest), batch, rngs, loss_cfg)
+    return encode_batch(nnx.merge(graphdef, params, buffers), batch, rngs, loss_cfg)
 
-  def head(params, rest, out, batch, rng, step):
-    terms, extras = batch_terms(nnx.merge(graphdef, params, rest), out, batch,
+  def head(params, buffers, out, batch, rng, step):
+    terms, extras = batch_terms(nnx.merge(graphdef, params, buffers), out, batch,
                                 loss_cfg, train=rng is not None, mesh=mesh)
     memory = extras.pop("item_memory", None)
     return weighted_total(terms, loss_cfg, step), ({**terms, **extras}, memory)
@@ -131,13 +133,14 @@ def make_encode_and_head(graphdef, loss_cfg, mesh=None):
 
 def make_loss_fn(graphdef, loss_cfg, mesh=None):
   encode, head = make_encode_and_head(graphdef, loss_cfg, mesh)
-  def loss_fn(params, rest, batch, rng, step):
-    return head(params, rest, encode(params, rest, batch, rng), batch, rng, step)
+  def loss_fn(params, buffers, batch, rng, step):
+    out = encode(params, buffers, batch, rng)
+    return head(params, buffers, out, batch, rng, step)
   return loss_fn
 
 
 def make_value_and_grad(graphdef, loss_cfg, mesh=None, accum_steps: int = 1):
-  """(params, rest, batch, rng, step) -> ((loss, (metrics, memory)), grads);
+  """(params, buffers, batch, rng, step) -> ((loss, (metrics, memory)), grads);
   with accum_steps > 1 the encoders run in micro-batches (GradCache)."""
   if accum_steps == 1:
     return jax.value_and_grad(make_loss_fn(graphdef, loss_cfg, mesh), has_aux=True)
@@ -145,19 +148,19 @@ def make_value_and_grad(graphdef, loss_cfg, mesh=None, accum_steps: int = 1):
   return accumulate.gradcache_value_and_grad(encode, head, accum_steps, mesh)
 
 
-def with_item_memory(graphdef, params, rest, memory):
-  """`rest` with the recommender's item memory replaced (if it has one)."""
+def with_item_memory(graphdef, params, buffers, memory):
+  """`buffers` with the recommender's item memory replaced (if it has one)."""
   if memory is None:
-    return rest
-  model = nnx.merge(graphdef, params, rest)
+    return buffers
+  model = nnx.merge(graphdef, params, buffers)
   model.rec.item_memory[...] = memory
   return nnx.split(model, nnx.Param, ...)[2]
 
 
 def init_state(model, tx, seed: int) -> tuple:
   """Splits the model once; returns (graphdef, state)."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  state = dict(params=params, rest=rest, opt_state=tx.init(params),
+  graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
+  state = dict(params=params, buffers=buffers, opt_state=tx.init(params),
                step=jnp.zeros((), jnp.int32),
                skipped=jnp.zeros((), jnp.int32),  # Non-finite steps (guard.py).
                rng=jax.random.key_data(jax.random.key(seed)))
@@ -167,7 +170,7 @@ def init_state(model, tx, seed: int) -> tuple:
 def state_shardings(state, mesh, rules=()):
   """Parameters and optimizer state by `rules` (config.mesh.rules; the
   optimizer's moments share their parameter's path, so they follow it); the
-  rest replicated."""
+  everything else replicated."""
   shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), state)
   for key in ("params", "opt_state"):
     shardings[key] = mesh_lib.rule_shardings(state[key], mesh, rules)
@@ -182,50 +185,38 @@ def _guarded_step(graphdef, tx, loss_cfg, mesh, lr_schedule, accum_steps):
     step = state["step"]
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
     (loss, (terms, memory)), grads = grad_fn(
-        state["params"], state["rest"], batch, rng, step)
-    rest = with_item_memory(graphdef, state["params"], state["rest"], memory)
+        state["params"], state["buffers"], batch, rng, step)
+    buffers = with_item_memory(graphdef, state["params"], state["buffers"], memory)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads),
                    lr=lr_schedule(step))
-    new_state = dict(state, params=params, rest=rest, opt_state=opt_state,
+    new_state = dict(state, params=params, buffers=buffers, opt_state=opt_state,
                      step=step + 1)
     return new_state, metrics
 
   return guard.skip_nonfinite(step_fn)
 
 
-def compiler_options(train_cfg) -> dict:
-  """XLA options for the train step's compile: on CPU, the YNNPACK fusion
-  kinds of config.train.cpu_ynn_fusions (the flag
-  --xla_cpu_experimental_ynn_fusion_type, per program instead of global)."""
-  kinds = config_lib.ynn_fusion_kinds(train_cfg.cpu_ynn_fusions)
-  if kinds is None or jax.default_backend() != "cpu":
-    return {}
-  return {"xla_cpu_experimental_ynn_fusion_type":
-          ",".join("LIBRARY_FUSION_TYPE_" + k.upper() for k in kinds)}
-
-
 def make_train_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule,
-                    accum_steps: int = 1, options: dict | None = None):
-  """Returns the jitted step(state, batch) -> (state, metrics); state donated.
-  `options`: XLA compiler options (`compiler_options`)."""
+                    accum_steps: int = 1):
+  """Returns the jitted step(state, batch) -> (state, metrics); state donated."""
   return jax.jit(
       _guarded_step(graphdef, tx, loss_cfg, mesh, lr_schedule, accum_steps),
       in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
       out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
-      donate_argnums=(0,), compiler_options=options)
+      donate_argnums=(0,))
 
 
 def make_multi_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule,
-                    accum_steps: int = 1, options: dict | None = None):
+                    accum_steps: int = 1):
   """Returns the jitted steps(state, batches) -> (state, metrics): the train
   step run over k batches stacked on a leading axis (`lax.scan`), in one
   call; each metric comes back stacked, (k,). The same updates as k calls
   of `make_train_step` (config.train.steps_per_call).
 
-  Why: on CPU every call of a compiled program maps, faults in and unmaps
-  its temporary buffer (279 MiB for the demo step) and syncs with the host;
+  Why: every call of a compiled program is a dispatch and a host sync, and
+  on CPU it also maps, faults in and unmaps the program's temporary buffer;
   one call per k steps does that once.
   """
   body = _guarded_step(graphdef, tx, loss_cfg, mesh, lr_schedule, accum_steps)
@@ -233,14 +224,14 @@ def make_multi_step(graphdef, tx, loss_cfg, mesh, state_sharding, lr_schedule,
       lambda state, batches: jax.lax.scan(body, state, batches),
       in_shardings=(state_sharding, mesh_lib.stacked_batch_sharding(mesh)),
       out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
-      donate_argnums=(0,), compiler_options=options)
+      donate_argnums=(0,))
 
 
 def make_grad_fn(graphdef, loss_cfg, mesh, state_sharding, accum_steps: int = 1):
-  """jitted (params, rest, batch, rng, step) -> ((loss, (terms, memory)), grads)."""
+  """jitted (params, buffers, batch, rng, step) -> ((loss, (terms, memory)), grads)."""
   rep = mesh_lib.replicated(mesh)
   return jax.jit(
       make_value_and_grad(graphdef, loss_cfg, mesh, accum_steps),
-      in_shardings=(state_sharding["params"], state_sharding["rest"],
+      in_shardings=(state_sharding["params"], state_sharding["buffers"],
                     mesh_lib.batch_sharding(mesh), rep, rep),
       out_shardings=rep)

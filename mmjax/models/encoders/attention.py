@@ -5,7 +5,8 @@ weights map one-to-one onto parameter paths:
 
   * `MultiHeadAttention`: `query`, `key`, `value` (Linear with bias) followed by
     an `output` (`DenseOutput`) projection. It serves self-attention (BERT,
-    ViT) and cross-attention (fusion) alike.
+    ViT) and cross-attention (fusion) alike; `dot_product_attention` below is
+    the one place that picks how attention itself runs.
   * `Intermediate`: the first MLP layer, `dense` + GELU.
   * `DenseOutput`: `dense` + dropout, optionally followed by the post-LN
     residual `LayerNorm(x + h)` that BERT uses (ViT is pre-LN and adds the
@@ -20,22 +21,20 @@ modules only add a `LayerNorm` when `post_ln_eps` is given.
 from __future__ import annotations
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from flax import nnx
-
-from mmjax.kernels import cpu_attention
-from mmjax.kernels.gate import check_choice
-from mmjax.models.encoders.linear import Dense
 
 # BERT-style initialisation: N(0, 0.02) kernels, zero biases.
 INIT_STDDEV = 0.02
 kernel_init = nnx.initializers.normal(INIT_STDDEV)
 
+
 def gelu_exact(x: jax.Array) -> jax.Array:
   """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), as torch computes it.
 
-  jax.nn.gelu(approximate=False) goes through erfc, which XLA:CPU evaluates
-  ~2.5x slower than erf; on the base config's step this form is ~5% faster.
+  Written with erf because jax.nn.gelu(approximate=False) goes through erfc,
+  which XLA:CPU evaluates more slowly.
   """
   return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
 
@@ -75,10 +74,11 @@ def check_heads(dim: int, heads: int) -> int:
 
 
 def dense(in_dim: int, out_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs,
-          use_bias: bool = True) -> Dense:
+          use_bias: bool = True) -> nnx.Linear:
   """A Linear layer with BERT initialisation."""
-  return Dense(in_dim, out_dim, use_bias=use_bias, dtype=dtype,
-               param_dtype=param_dtype, kernel_init=kernel_init, rngs=rngs)
+  return nnx.Linear(in_dim, out_dim, use_bias=use_bias, dtype=dtype,
+                    param_dtype=param_dtype, kernel_init=kernel_init,
+                    rngs=rngs)
 
 
 def layer_norm(dim: int, eps: float, *, dtype, param_dtype,
@@ -152,48 +152,58 @@ class Intermediate(nnx.Module):
     return activation_fn(self.activation)(self.dense(x))
 
 
-def dot_product_attention(q, k, v, mask=None):
-  """softmax(q k^T / sqrt(D)) v for (B, L, H, D) inputs; `mask` (B, 1, 1, Lk)
-  or None, truthy = attend. The math of `jax.nn.dot_product_attention`'s XLA
-  path (f32 logits and softmax, probabilities cast to the value dtype).
+def attention_implementation(q: jax.Array, k: jax.Array, masked: bool) -> str:
+  """The `implementation` of jax.nn.dot_product_attention for (B, L, H, D)
+  queries `q` and keys `k`: "cudnn" (fused flash attention) where cuDNN takes
+  them, "xla" elsewhere (CPU, TPU, f32, other shapes).
 
-  Written out because that path vmaps over query groups, which leaves a
-  size-1 leading dimension on every softmax reduction, and XLA:CPU's YNNPACK
-  reductions over such shapes ran 16x slower (a third of the demo step).
+  JAX's own default (None) is XLA on every backend, so the GPU choice is made
+  here. cuDNN's conditions, checked up front because it raises only once the
+  backward pass is traced: an NVIDIA GPU of compute capability 8.0 or newer,
+  bf16/f16 operands, a head dim that is a multiple of 8 up to 128 and, with a
+  mask (passed to cuDNN as a bias), even query and key lengths.
   """
-  logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
-  logits = logits * (q.shape[-1] ** -0.5)
+  if jax.default_backend() != 'gpu':
+    return 'xla'
+  device = jax.devices()[0]
+  cuda = 'cuda' in jax.extend.backend.get_backend().platform_version
+  head_dim, lq, lk = q.shape[-1], q.shape[1], k.shape[1]
+  if (cuda and float(getattr(device, 'compute_capability', 0)) >= 8.0
+      and q.dtype in (jnp.bfloat16, jnp.float16)
+      and head_dim % 8 == 0 and head_dim <= 128
+      and not (masked and (lq % 2 or lk % 2))):
+    return 'cudnn'
+  return 'xla'
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array | None = None) -> jax.Array:
+  """softmax(q k^T / sqrt(D)) v for (B, L, H, D) inputs through
+  jax.nn.dot_product_attention, as `attention_implementation` picks; `mask`
+  (B, Lk) or None, truthy = attend. A query whose keys are all masked
+  averages every value (XLA masks with a large negative logit, not -inf).
+  """
+  impl = attention_implementation(q, k, mask is not None)
   if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bnts,bsnh->btnh", probs, v)
-
-
-def use_cpu_kernel(kernel: str, dtype) -> bool:
-  """Whether attention in `dtype` runs the fused CPU kernel under `kernel`
-  ("auto", "xla" or "cpu": mmjax.kernels.gate); the kernel is f32 only."""
-  f32 = jnp.dtype(dtype) == jnp.float32
-  if kernel == 'cpu' and not f32:
-    raise ValueError(f'attention kernel "cpu" is f32 only, got {dtype}')
-  return f32 and cpu_attention.gate.wanted(kernel)
+    mask = mask.astype(jnp.bool_)[:, None, None, :]   # (B, 1, 1, Lk)
+    if impl == 'cudnn':   # cuDNN takes a mask of the full (Lq, Lk) extent.
+      mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
 
 
 class MultiHeadAttention(nnx.Module):
   """Multi-head (self- or cross-) attention with an output projection.
 
-  Attention runs in (B, L, H, D) layout, by `dot_product_attention` or the
-  fused CPU kernel as `attention_kernel` says (`use_cpu_kernel`).
-  Dropout is applied to the projected output only, as with a fused kernel,
-  which has no attention-probability dropout (HF BERT applies one, which
+  Attention runs in (B, L, H, D) layout through `dot_product_attention`.
+  Dropout is applied to the projected output only, as fused attention
+  kernels have no attention-probability dropout (HF BERT applies one, which
   matters only when training from scratch).
   """
 
   def __init__(self, dim: int, heads: int, *, kv_dim: int | None = None,
                post_ln_eps: float | None = None, dropout: float = 0.0,
-               attention_kernel: str = 'auto', dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.heads = heads
-    self.attention_kernel = check_choice('attention', attention_kernel)
     self.head_dim = check_heads(dim, heads)
     kv_dim = dim if kv_dim is None else kv_dim
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -222,22 +232,9 @@ class MultiHeadAttention(nnx.Module):
       (B, Lq, dim): projected attention output (post-LN'd if configured).
     """
     context = x if context is None else context
-    if mask is not None:
-      # Broadcast over heads and query positions: (B, 1, 1, Lk).
-      mask = mask.astype(jnp.bool_)[:, None, None, :]
-    dtype = self.query.dtype or jnp.result_type(x, self.query.kernel[...])
-    if use_cpu_kernel(self.attention_kernel, dtype):
-      # The kernel adds the q/k/v biases as it reads its operands, which
-      # saves a pass over each projection's output (and its gradient).
-      (q, bq), (k, bk), (v, bv) = (layer.unbiased(y) for layer, y in (
-          (self.query, x), (self.key, context), (self.value, context)))
-      attn = cpu_attention.attention(
-          self._split_heads(q), self._split_heads(k), self._split_heads(v),
-          mask, bias=(bq, bk, bv))
-    else:
-      attn = dot_product_attention(self._split_heads(self.query(x)),
-                                   self._split_heads(self.key(context)),
-                                   self._split_heads(self.value(context)), mask)
+    attn = dot_product_attention(self._split_heads(self.query(x)),
+                                 self._split_heads(self.key(context)),
+                                 self._split_heads(self.value(context)), mask)
     attn = attn.reshape(*attn.shape[:-2], -1)
     return self.output(attn, x, deterministic=deterministic, rngs=rngs)
 
@@ -254,14 +251,11 @@ class PreLNBlock(nnx.Module):
   def __init__(self, dim: int, heads: int, mlp_dim: int, *,
                cross: bool = False, ln_eps: float = 1e-6,
                activation: str = 'gelu', dropout: float = 0.0,
-               attention_kernel: str = 'auto', dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.layernorm_before = layer_norm(dim, ln_eps, **kw)
     self.layernorm_context = layer_norm(dim, ln_eps, **kw) if cross else None
-    self.attention = MultiHeadAttention(dim, heads, dropout=dropout,
-                                        attention_kernel=attention_kernel,
-                                        **kw)
+    self.attention = MultiHeadAttention(dim, heads, dropout=dropout, **kw)
     self.layernorm_after = layer_norm(dim, ln_eps, **kw)
     self.intermediate = Intermediate(dim, mlp_dim, activation=activation, **kw)
     self.output = DenseOutput(mlp_dim, dim, dropout=dropout, **kw)

@@ -64,12 +64,11 @@ class BertLayer(nnx.Module):
   """One post-LN BERT block: LN(x + attn(x)), then LN(h + MLP(h))."""
 
   def __init__(self, *, hidden: int, heads: int, mlp_dim: int, ln_eps: float,
-               activation: str, dropout: float, attention_kernel: str = 'auto',
-               dtype, param_dtype, rngs: nnx.Rngs):
+               activation: str, dropout: float, dtype, param_dtype,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attention = attn_lib.MultiHeadAttention(
-        hidden, heads, post_ln_eps=ln_eps, dropout=dropout,
-        attention_kernel=attention_kernel, **kw)
+        hidden, heads, post_ln_eps=ln_eps, dropout=dropout, **kw)
     self.intermediate = attn_lib.Intermediate(hidden, mlp_dim,
                                               activation=activation, **kw)
     self.output = attn_lib.DenseOutput(mlp_dim, hidden, post_ln_eps=ln_eps,
@@ -105,8 +104,8 @@ class BertEncoder(nnx.Module):
                mlp_dim: int, max_len: int, type_vocab: int = 2,
                pooling: str = 'cls', ln_eps: float = 1e-12,
                activation: str = 'gelu', dropout: float = 0.0,
-               remat: bool = False, attention_kernel: str = 'auto',
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               remat: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if pooling not in POOLINGS:
       raise ValueError(f'pooling must be one of {POOLINGS}, got {pooling!r}')
     for name, value in (('vocab_size', vocab_size), ('layers', layers),
@@ -124,8 +123,7 @@ class BertEncoder(nnx.Module):
                                      **kw)
     self.layers = nnx.List([
         BertLayer(hidden=hidden, heads=heads, mlp_dim=mlp_dim,
-                  activation=activation, attention_kernel=attention_kernel,
-                  **kw)
+                  activation=activation, **kw)
         for _ in range(layers)
     ])
     self.pooler = (BertPooler(hidden, dtype=dtype, param_dtype=param_dtype,

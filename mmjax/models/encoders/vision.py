@@ -38,7 +38,7 @@ from mmjax.models.encoders import attention as attn_lib
 
 POOLINGS = ('cls', 'mean')
 # He init for the GELU convs; untruncated because the truncated-normal
-# sampler (erfinv) costs seconds of XLA compile per kernel shape on CPU.
+# sampler (erfinv) is slow to compile on CPU, once per kernel shape.
 he_normal = nnx.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 
@@ -65,8 +65,7 @@ class ViT(nnx.Module):
                activation: str = 'gelu', pre_norm: bool = False,
                patch_bias: bool = True, norm_tokens: bool = True,
                pooler: bool = False, dropout: float = 0.0, remat: bool = False,
-               attention_kernel: str = 'auto', dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if pooling not in POOLINGS:
       raise ValueError(f'pooling must be one of {POOLINGS}, got {pooling!r}')
     if patch_size <= 0 or image_size <= 0 or image_size % patch_size:
@@ -98,8 +97,7 @@ class ViT(nnx.Module):
                           if pre_norm else None)
     self.layers = nnx.List([
         attn_lib.PreLNBlock(hidden, heads, mlp_dim, ln_eps=ln_eps,
-                            activation=activation, dropout=dropout,
-                            attention_kernel=attention_kernel, **kw)
+                            activation=activation, dropout=dropout, **kw)
         for _ in range(layers)
     ])
     self.layernorm = attn_lib.layer_norm(hidden, ln_eps, **kw)
@@ -132,8 +130,8 @@ class ViT(nnx.Module):
   def _embed_patches(self, images: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (B, T, D): the stride-p, p x p `patch_embed` conv as
     one matmul over flattened patches (same kernel, same result). XLA:CPU
-    ran the strided conv at ~9 GFLOP/s on the demo batch (11 ms of the
-    step); as a plain dot it runs like the encoder's other matmuls."""
+    runs a strided conv far below its matmul rate; as a plain dot it runs
+    like the encoder's other matmuls."""
     conv, p = self.patch_embed, self.patch_size
     b, h, w, c = images.shape
     kernel = conv.kernel[...]

@@ -1,0 +1,345 @@
+"""Every config key: its default, type, allowed values, bounds and meaning.
+
+One `Key` per leaf of the config tree, in tree order. `default_config()`
+builds the locked ConfigDict from these, `checks.validate()` checks every
+value against them and `doc.markdown()` writes docs/config.md from them.
+
+`paths` says which data paths (`data.name`) read a key: a key set to a
+non-default value on a path that ignores it is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+SYNTHETIC, RAW, MMREC = "synthetic", "raw", "mmrec"
+END_TO_END = (SYNTHETIC, RAW)   # The multimodal model, trained end to end.
+FEATURE_GRAPH = (MMREC,)        # The graph recommender on fixed item features.
+ALL = END_TO_END + FEATURE_GRAPH
+
+PATH_NAMES = {SYNTHETIC: "the end-to-end model on the embedded catalog",
+              RAW: "the end-to-end model on a raw folder",
+              MMREC: "the feature-graph recommender"}
+
+# The hyper-parameters a feature-graph grid (`grid.key`) may vary: they are
+# traced per run, so one compiled program trains every grid value.
+GRID_KEYS = ("train.lr", "train.weight_decay", "model.rec.temperature",
+             "loss.softmax", "loss.bpr", "loss.infonce",
+             "feature_graph.content_weight")
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+  """One config key. `bounds` ("> 0", ">= 0", "[0, 1)") and `of` (the
+  element type) apply to each element of a tuple key."""
+  path: str
+  default: Any
+  doc: str
+  choices: tuple = ()
+  bounds: str = ""
+  of: type | None = None
+  paths: tuple[str, ...] = ALL
+  required_on: tuple[str, ...] = ()   # Data paths on which "" is an error.
+
+  @property
+  def type(self) -> type:
+    return type(self.default)
+
+
+K = Key
+_POS, _NONNEG = "> 0", ">= 0"
+
+KEYS: tuple[Key, ...] = (
+    K("seed", 0, "Seed of the parameters, the data order and dropout."),
+    K("seeds", (), "Feature graph: seeds trained together as one vmapped program, e.g. "
+      "(0, 1, 2); (): seed.", of=int, paths=FEATURE_GRAPH),
+
+    # --- data ---------------------------------------------------------------
+    K("data.name", "synthetic", "The data path: the embedded catalog, a raw "
+      "folder (docs/raw_data.md) or MMRec-format data with fixed item "
+      "features (docs/mmrec.md).", choices=ALL),
+    K("data.dir", "", "A prepared data dir; \"\" generates the embedded "
+      "catalog in the cache (synthetic). The MMRec folder for mmrec.",
+      paths=(SYNTHETIC, MMREC), required_on=(MMREC,)),
+    K("data.cache_dir", "", "Where generated and ingested data go; \"\": "
+      "$MMJAX_CACHE or ~/.cache/mmjax.", paths=END_TO_END),
+    K("data.synthetic.num_items", 2000, "Items of the embedded catalog.",
+      bounds=_POS, paths=(SYNTHETIC,)),
+    K("data.synthetic.num_users", 1000, "Users of the embedded catalog.",
+      bounds=_POS, paths=(SYNTHETIC,)),
+    K("data.synthetic.image_size", 32, "Side of the catalog's images (px).",
+      bounds=_POS, paths=(SYNTHETIC,)),
+    K("data.synthetic.interactions_per_user", 30, "Interactions drawn per "
+      "user.", paths=(SYNTHETIC,)),
+    K("data.synthetic.seed", 0, "Seed of the catalog.", paths=(SYNTHETIC,)),
+    K("data.raw.root", "", "The raw folder; the paths below are relative to "
+      "it. Ingested once into the cache.", paths=(RAW,), required_on=(RAW,)),
+    K("data.raw.adapter", "table", "\"table\": an items and an interactions "
+      "table; \"clothing\": one images.csv.", choices=("table", "clothing"),
+      paths=(RAW,)),
+    K("data.raw.items_file", "items.csv", "Items table (.tsv/.inter: "
+      "tab-separated, else CSV).", paths=(RAW,)),
+    K("data.raw.interactions_file", "interactions.csv", "Interactions table.",
+      paths=(RAW,)),
+    K("data.raw.image_root", "", "The items' image paths are relative to it.",
+      paths=(RAW,)),
+    K("data.raw.columns.item_id", "item_id", "Items/interactions column: the "
+      "item id.", paths=(RAW,)),
+    K("data.raw.columns.text", "text", "Items column: the text.", paths=(RAW,)),
+    K("data.raw.columns.image", "image", "Items column: the image path.",
+      paths=(RAW,)),
+    K("data.raw.columns.user_id", "user_id", "Interactions column: the user "
+      "id.", paths=(RAW,)),
+    K("data.raw.columns.split", "split", "Interactions column: train/valid/"
+      "test, used if present.", paths=(RAW,)),
+    K("data.raw.image_size", 64, "Images are resized to fit, centred on grey.",
+      bounds=_POS, paths=(RAW,)),
+    K("data.raw.valid_fraction", 0.1, "Per user, without a split column.",
+      bounds="(0, 1)", paths=(RAW,)),
+    K("data.raw.test_fraction", 0.1, "Per user, without a split column.",
+      bounds="(0, 1)", paths=(RAW,)),
+    K("data.raw.tokenizer_vocab", 4096, "WordPiece vocabulary trained on the "
+      "items' texts.", bounds=_POS, paths=(RAW,)),
+    K("data.max_text_len", 32, "Tokens per text, [CLS] included.",
+      bounds=_POS, paths=END_TO_END),
+    K("data.history_len", 20, "Train items the user tower pools per step, "
+      "sampled at random.", bounds=_POS, paths=END_TO_END),
+    K("data.eval_history_len", 0, "Evaluation and inference pool each user's "
+      "last N train items (a longer history gives a steadier mean); 0: "
+      "data.history_len.", bounds=_NONNEG, paths=END_TO_END),
+    K("data.mlm_prob", 0.15, "Masked-token probability of the MLM term.",
+      bounds="[0, 1)", paths=END_TO_END),
+    K("data.mlm_max_predictions", 4, "Masked tokens per text (BERT's "
+      "max_predictions_per_seq).", bounds=_POS, paths=END_TO_END),
+    K("data.augment", True, "Random image augmentation in training.",
+      paths=END_TO_END),
+    K("data.worker_count", 0, "Grain worker processes; 0: in the trainer's "
+      "process.", bounds=_NONNEG, paths=END_TO_END),
+    K("data.num_threads", 2, "Grain read threads.", paths=END_TO_END),
+    K("data.prefetch", 4, "Batches read ahead.", paths=END_TO_END),
+    K("data.inter_file", "", "MMRec interactions file in data.dir, e.g. "
+      "\"dbbook.inter\".", paths=FEATURE_GRAPH, required_on=(MMREC,)),
+    K("data.feature_files", "", "\"a.npy,b.npy\": one (items, d) feature "
+      "matrix per modality; \"\": item IDs only.", paths=FEATURE_GRAPH),
+    K("data.feature_dir", "", "Where feature_files are; \"\": data.dir.",
+      paths=FEATURE_GRAPH),
+
+    # --- model --------------------------------------------------------------
+    K("model.dim", 64, "Width of the shared (aligned) space.", bounds=_POS),
+    K("model.dtype", "float32", "Compute dtype; parameters stay float32.",
+      choices=("float32", "bfloat16"), paths=END_TO_END),
+    K("model.remat", False, "Recompute each encoder block in the backward "
+      "pass (less memory, more compute).", paths=END_TO_END),
+    K("model.text.hidden", 64, "Text tower width.", bounds=_POS,
+      paths=END_TO_END),
+    K("model.text.layers", 2, "Text tower blocks.", bounds=_POS,
+      paths=END_TO_END),
+    K("model.text.heads", 4, "Attention heads; must divide hidden.",
+      bounds=_POS, paths=END_TO_END),
+    K("model.text.mlp_dim", 128, "Text tower MLP width.", paths=END_TO_END),
+    K("model.text.pooling", "cls", "Text vector: the [CLS] token or the mean "
+      "of the tokens.", choices=("cls", "mean"), paths=END_TO_END),
+    K("model.text.dropout", 0.0, "Text tower dropout.", paths=END_TO_END),
+    K("model.text.type_vocab", 2, "Token-type vocabulary.", paths=END_TO_END),
+    K("model.text.init_from", "", "An HF BERT-family folder (docs/pretrained."
+      "md): its config sets the architecture (the keys above except pooling "
+      "and dropout are unused), its weights and tokenizer are loaded.",
+      paths=END_TO_END),
+    K("model.image.kind", "vit", "Image tower.", choices=("vit", "cnn"),
+      paths=END_TO_END),
+    K("model.image.patch_size", 8, "ViT patch side (px); must divide the "
+      "image size.", bounds=_POS, paths=END_TO_END),
+    K("model.image.hidden", 64, "Image tower width.", bounds=_POS,
+      paths=END_TO_END),
+    K("model.image.layers", 2, "Image tower blocks.", bounds=_POS,
+      paths=END_TO_END),
+    K("model.image.heads", 4, "Attention heads; must divide hidden.",
+      bounds=_POS, paths=END_TO_END),
+    K("model.image.mlp_dim", 128, "Image tower MLP width.", paths=END_TO_END),
+    K("model.image.pooling", "cls", "Image vector: the CLS token or the mean "
+      "of the patches.", choices=("cls", "mean"), paths=END_TO_END),
+    K("model.image.dropout", 0.0, "Image tower dropout.", paths=END_TO_END),
+    K("model.image.cnn_widths", (16, 32, 64), "Channels per stage of the "
+      "\"cnn\" tower.", of=int, bounds=_POS, paths=END_TO_END),
+    K("model.image.init_from", "", "An HF ViT / CLIP(-vision) folder; needs "
+      "kind=\"vit\".", paths=END_TO_END),
+    K("model.fusion.kind", "mlp", "How an item's text and image vectors "
+      "combine.", choices=("mlp", "cross_attention"), paths=END_TO_END),
+    K("model.fusion.hidden", 128, "Fusion width.", paths=END_TO_END),
+    K("model.fusion.heads", 4, "Cross-attention heads.", paths=END_TO_END),
+    K("model.fusion.layers", 1, "Cross-attention blocks.", paths=END_TO_END),
+    K("model.fusion.dropout", 0.0, "Fusion dropout.", paths=END_TO_END),
+    K("model.rec.item_id_embedding", True, "Add a learned per-item ID vector "
+      "to the content vector.", paths=END_TO_END),
+    K("model.rec.user_id_embedding", True, "Add a learned per-user vector to "
+      "the pooled history.", paths=END_TO_END),
+    K("model.rec.history", "memory", "What the user tower pools: the item-"
+      "vector bank of content vectors, or a separately learned table.",
+      choices=("memory", "embedding"), paths=END_TO_END),
+    K("model.rec.item_bias", True, "A learned per-item score offset "
+      "(popularity).", paths=END_TO_END),
+    K("model.rec.temperature", 0.1, "score = cos(user, item) / temperature "
+      "[+ bias].", bounds=_POS),
+
+    # --- loss: weights of the terms of one objective; 0 switches one off ----
+    K("loss.infonce", 1.0, "Text-image InfoNCE (feature graph: the "
+      "modality-ID alignment term).", bounds=_NONNEG),
+    K("loss.siglip", 0.0, "Text-image sigmoid loss.", bounds=_NONNEG,
+      paths=END_TO_END),
+    K("loss.mmd", 0.1, "MMD between the text and image vectors.",
+      bounds=_NONNEG, paths=END_TO_END),
+    K("loss.coral", 0.1, "CORAL (covariance) alignment.", bounds=_NONNEG,
+      paths=END_TO_END),
+    K("loss.mlm", 0.1, "Masked-language-model term of the text tower.",
+      bounds=_NONNEG, paths=END_TO_END),
+    K("loss.softmax", 1.0, "Sampled-softmax recommendation loss.",
+      bounds=_NONNEG),
+    K("loss.bpr", 0.0, "BPR recommendation loss.", bounds=_NONNEG),
+    K("loss.bce", 0.0, "Binary cross-entropy recommendation loss.",
+      bounds=_NONNEG, paths=END_TO_END),
+    K("loss.co_item", 0.0, "InfoNCE between the content vectors of two train "
+      "items of one user.", bounds=_NONNEG, paths=END_TO_END),
+    K("loss.co_item_temperature", 0.3, "Temperature of loss.co_item.",
+      bounds=_POS, paths=END_TO_END),
+    K("loss.orthogonality", 0.01, "Keeps the projections near-orthogonal.",
+      bounds=_NONNEG, paths=END_TO_END),
+    K("loss.pretrain_steps", 0, "Contrastive terms only for the first N "
+      "steps.", bounds=_NONNEG, paths=END_TO_END),
+    K("loss.contrastive_impl", "dense", "\"ring\": InfoNCE/SigLIP sharded "
+      "over the mesh's data axis, never building the B x B logits "
+      "(docs/scale.md).", choices=("dense", "ring"), paths=END_TO_END),
+    K("loss.contrastive_chunk", 512, "Keys per logit tile of the ring "
+      "version.", bounds=_POS, paths=END_TO_END),
+
+    # --- train --------------------------------------------------------------
+    K("train.steps", 1000, "Optimizer steps.", bounds=_POS, paths=END_TO_END),
+    K("train.batch_size", 256, "Global, across all devices and processes.",
+      bounds=_POS),
+    K("train.lr", 2e-3, "Peak learning rate."),
+    K("train.warmup_steps", 100, "Linear warm-up, then cosine decay.",
+      bounds=_NONNEG, paths=END_TO_END),
+    K("train.weight_decay", 1e-4, "AdamW weight decay.", bounds=_NONNEG),
+    K("train.grad_clip", 1.0, "Global gradient-norm clip.", bounds=_NONNEG,
+      paths=END_TO_END),
+    K("train.log_every", 50, "Steps between logged metrics.", bounds=_POS,
+      paths=END_TO_END),
+    K("train.checkpoint_every", 500, "Steps between checkpoints.",
+      bounds=_POS, paths=END_TO_END),
+    K("train.keep_checkpoints", 2, "Checkpoints kept.", bounds=_POS,
+      paths=END_TO_END),
+    K("train.eval_batch_size", 512, "Items or users per evaluation batch.",
+      bounds=_POS, paths=END_TO_END),
+    K("train.nan_policy", "skip", "A NaN/Inf loss or gradient norm is never "
+      "applied; \"skip\" goes on for up to max_skipped_steps such steps, "
+      "\"stop\" stops at once.", choices=("skip", "stop"), paths=END_TO_END),
+    K("train.max_skipped_steps", 10, "See nan_policy.", bounds=_NONNEG,
+      paths=END_TO_END),
+    K("train.log_example_ids", False, "Write example_ids.p<process>.jsonl: "
+      "the example ids of every step.", paths=END_TO_END),
+    K("train.steps_per_call", 1, "Train steps per call of the compiled "
+      "program (a scan over stacked batches; the same updates): fewer host "
+      "round trips and buffer set-ups.", bounds=_POS, paths=END_TO_END),
+    K("train.accum_steps", 1, "GradCache: the encoders run in this many "
+      "micro-batches, the loss sees the whole batch; must divide "
+      "batch_size.", bounds=_POS, paths=END_TO_END),
+    K("train.mu_dtype", "float32", "Adam's first moment; \"bfloat16\" halves "
+      "it.", choices=("float32", "bfloat16"), paths=END_TO_END),
+    K("train.freeze", (), "Frozen parameters (LiT): regexes fullmatched "
+      "against paths like \"text/layers/0/attention/query/kernel\"; they get "
+      "no update and no optimizer state.", of=str, paths=END_TO_END),
+    K("train.unfreeze_last_blocks", 0, "The last N blocks of a frozen stack "
+      "are trained again.", bounds=_NONNEG, paths=END_TO_END),
+
+    # --- postprocess: evaluation-time calibration (mmjax/postprocess) -------
+    K("postprocess.item_id_scales", (), "After training, the item-ID table "
+      "scaled by each of these (and 1) is tried; the best on valid recall@20 "
+      "serves evaluation and inference (the checkpoint keeps the table as "
+      "trained). Needs model.rec.item_id_embedding.", of=float,
+      bounds=_NONNEG, paths=END_TO_END),
+    K("postprocess.item_id_clusters", (), "Per count, the ID table is also "
+      "tried shrunk toward its k-means centroids. Needs "
+      "model.rec.item_id_embedding.", of=int, bounds=">= 2",
+      paths=END_TO_END),
+    K("postprocess.user_refit_penalties", (), "The user vectors are refit to "
+      "the final item vectors (full-softmax likelihood of each user's train "
+      "items), per-user offsets L2-penalized by each of these; valid "
+      "recall@20 picks among them and the tower. (): keep the tower.",
+      of=float, bounds=_POS, paths=END_TO_END),
+    K("postprocess.user_refit_steps", 100, "Full-batch Adam steps per "
+      "penalty.", bounds=_POS, paths=END_TO_END),
+
+    # --- feature_graph: data.name="mmrec" (mmjax/models/feature_graph.py) ---
+    K("feature_graph.encoder", "linear", "Per modality, from the fixed "
+      "features to model.dim.", choices=("identity", "linear", "mlp"),
+      paths=FEATURE_GRAPH),
+    K("feature_graph.fusion", "mean", "Of the modalities; \"mlp\" needs "
+      "exactly two feature files.", choices=("mean", "mlp"),
+      paths=FEATURE_GRAPH),
+    K("feature_graph.content_weight", 1.0, "items_0 = item-ID embedding + w "
+      "* content.", bounds=_NONNEG, paths=FEATURE_GRAPH),
+    K("feature_graph.init_std", 0.1, "Of the ID embeddings.", bounds=_NONNEG,
+      paths=FEATURE_GRAPH),
+    K("feature_graph.layers", 2, "LightGCN layers on the user-item graph; 0: "
+      "off.", bounds=_NONNEG, paths=FEATURE_GRAPH),
+    K("feature_graph.knn_k", 10, "Item-item kNN graph from the features; 0: "
+      "off.", bounds=_NONNEG, paths=FEATURE_GRAPH),
+    K("feature_graph.item_layers", 1, "Propagation steps on the kNN graph; "
+      "0: off.", bounds=_NONNEG, paths=FEATURE_GRAPH),
+    K("feature_graph.negatives", 256, "Uniform negatives per batch, drawn on "
+      "device.", bounds=_POS, paths=FEATURE_GRAPH),
+    K("feature_graph.ranking", "auto", "Full ranking at evaluation: "
+      "\"device\" (jitted matmul + top_k), \"host\" (NumPy blocks) or "
+      "\"auto\" (host on the CPU backend, device elsewhere).",
+      choices=("auto", "host", "device"), paths=FEATURE_GRAPH),
+    K("feature_graph.epochs", 1000, "At most this many epochs.", bounds=_POS,
+      paths=FEATURE_GRAPH),
+    K("feature_graph.patience", 20, "Early stop after this many evaluations "
+      "without a better valid recall@20 (MMRec's rule).", bounds=_NONNEG,
+      paths=FEATURE_GRAPH),
+    K("feature_graph.eval_every", 1, "Epochs between evaluations.",
+      bounds=_POS, paths=FEATURE_GRAPH),
+    K("grid.key", "", "A hyper-parameter trained at every grid.points value "
+      "in the same program.", choices=("",) + GRID_KEYS,
+      paths=FEATURE_GRAPH),
+    K("grid.points", (), "The values of grid.key, e.g. (1e-3, 3e-3).",
+      of=float, paths=FEATURE_GRAPH),
+
+    # --- mesh ---------------------------------------------------------------
+    K("mesh.data", -1, "Devices on the data axis; -1: all remaining devices."),
+    K("mesh.model", 1, "Devices on the model axis.", bounds=_POS),
+    K("mesh.rules", (), "Parameter sharding: ((regex, spec), ...); the first "
+      "regex that matches a parameter path gives its PartitionSpec (a mesh "
+      "axis name or None per dimension); e.g. ((r\".*kernel\", (\"data\", "
+      "None)),) is FSDP over data. Unmatched: replicated.",
+      paths=END_TO_END),
+)
+
+BY_PATH = {k.path: k for k in KEYS}
+
+SECTIONS = {
+    "data": "Where the data comes from and how batches are made.",
+    "model": "The towers, the fusion and the recommender head.",
+    "loss": "Weights of the terms of the one objective; 0 switches a term "
+            "off.",
+    "train": "Optimization, checkpoints and logging.",
+    "postprocess": "Optional evaluation-time calibration, chosen on valid "
+                   "recall@20 and written to postprocess.json in the workdir.",
+    "feature_graph": "The graph recommender on fixed item features "
+                     "(data.name=\"mmrec\", MMRec's protocol).",
+    "grid": "Feature graph: one hyper-parameter trained at several values.",
+    "mesh": "The device mesh and parameter sharding (docs/scale.md).",
+}
+
+# Keys that no longer exist: the new name, or None for a removed key. A
+# renamed section renames every key under it.
+RENAMED = {
+    "frozen": "feature_graph",
+    "model.rec.item_id_scales": "postprocess.item_id_scales",
+    "model.rec.item_id_clusters": "postprocess.item_id_clusters",
+    "model.rec.refit_penalties": "postprocess.user_refit_penalties",
+    "model.rec.refit_steps": "postprocess.user_refit_steps",
+    "model.attention_kernel": None,
+    "model.dense_kernel": None,
+    "train.cpu_ynn_fusions": None,
+}
