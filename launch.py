@@ -12,4 +12,4 @@ import sys
 from mmjax.cli import train_main
 
 if __name__ == "__main__":
-  train_main(sys.argv)
+  train_main(["python launch.py"] + sys.argv[1:])

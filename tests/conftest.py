@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny config and one tiny generated catalog per session.
+"""Shared fixtures: one tiny config and one tiny generated catalog per test process.
 
 JAX compiles dominate CPU test time, so models are tiny and the persistent
 compilation cache is shared by every test process (subprocesses included).
@@ -25,7 +25,7 @@ def cache_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_dir(cache_root):
-  """The tiny embedded catalog, generated once per test session."""
+  """The tiny embedded catalog, generated once per test process."""
   from mmjax.data import store
   from mmjax.data.synthetic import SyntheticSpec
   cfg = tiny_config()

@@ -5,6 +5,8 @@
 
 Both towers are 4 layers of width 256 (4 heads, MLP 1024); the ViT sees
 64 px images as 8x8 patches (64 tokens + CLS); texts are up to 32 tokens.
+Big enough that the dense layers' matmuls dominate the step, which makes it
+the throughput benchmark's second config beside the demo.
 """
 
 from mmjax.config import default_config
@@ -21,11 +23,9 @@ def get_config():
   c.model.fusion.hidden = 256
   c.model.rec.user_id_embedding = False
   c.train.batch_size = 128
-  # Eight steps per compiled call: each call maps and first-touches a fresh
-  # ~1.5 GB temp arena (95k page faults per step at 4 steps per call, 47.5k
-  # at 8); in one process, rounds alternated, 8 ran
-  # 2370 ms/step against 2426 for 4, faster in every round
-  # (docs/benchmarking.md).
+  # Eight steps per compiled call: on CPU each call maps and first-touches
+  # the step's large temporary buffers, so fewer calls fault fewer pages; on
+  # accelerators it saves dispatches (docs/experiments.md).
   c.train.steps_per_call = 8
   c.train.steps = 2000
   c.train.log_every = 50

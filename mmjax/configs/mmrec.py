@@ -1,12 +1,14 @@
-"""Frozen-feature graph recommender on any MMRec-format data dir.
+"""The feature-graph recommender on any MMRec-format data dir.
 
   python launch.py --config configs/mmrec.py --workdir runs/mmrec \
       --config.data.dir=DIR --config.data.inter_file=NAME.inter \
       --config.data.feature_files=text_feat.npy,image_feat.npy \
       [--config.data.feature_dir=FEATURES_DIR] [--config.seeds=0,1,2]
 
-MMRec's protocol (full ranking, train items masked, early stop on valid
-Recall@20 with patience 20, test at the best valid epoch); see docs/mmrec.md.
+Fixed item features through the aligners, LightGCN over the user-item graph
+and a kNN item graph; MMRec's protocol (full ranking, train items masked,
+early stop on valid Recall@20 with patience 20, test at the best valid
+epoch), so figures compare with MMRec's models; see docs/mmrec.md.
 """
 
 from mmjax.config import default_config
