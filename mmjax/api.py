@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from mmjax import config as config_lib
-from mmjax.data import store
+from mmjax.data import image_files, store
 from mmjax.data.catalog import TRAIN
 from mmjax.data.features import normalize_images
 from mmjax.data.pipeline import text_tokenizer
@@ -225,10 +225,12 @@ def _image_batch(images, size: int) -> np.ndarray:
   out = []
   for im in images:
     if isinstance(im, (str, os.PathLike)):
-      try:
-        im = Image.open(im)
-      except OSError as e:
-        raise MmjaxError(f"cannot read image {im}: {e}") from None
+      # The ingestion decoder's checks: listed formats, pixel cap first.
+      with image_files.quiet_bomb_warnings():
+        status, opened = image_files.open_checked(os.fspath(im))
+      if opened is None:
+        raise MmjaxError(f"cannot read image {im}: {status}")
+      im = opened
     elif isinstance(im, np.ndarray):
       im = Image.fromarray(im.astype(np.uint8))
     out.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
@@ -333,7 +335,7 @@ def load(workdir: str, step: int | None = None) -> TrainedModel:
   finally:
     ckpt.close()
   # Inference runs on all local devices, whatever mesh the run trained on.
-  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=-1, model=1)))
+  mesh = mesh_lib.make_mesh(config_lib.default_config().mesh)
   put = lambda tree: jax.device_put(tree, mesh_lib.replicated(mesh))
   step = int(restored["step"])
   post = choose.read(workdir)

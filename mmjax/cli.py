@@ -59,8 +59,10 @@ def train_parser(prog: str = "mmjax train") -> argparse.ArgumentParser:
   p.add_argument("--workdir", metavar="DIR", help="where checkpoints, metrics "
                  "and the summary go")
   p.add_argument("--dry_run", action="store_true",
-                 help="only compile the train step for the configured mesh and "
-                 "print its per-device memory and FLOPs")
+                 help="only compile the train step, from abstract shapes, for "
+                 "the mesh (or config.mesh.topology); print and write "
+                 "dry_run.json (--workdir, else .) with per-device memory "
+                 "and FLOPs")
   p.add_argument("--verbose", action="store_true",
                  help="show tracebacks for errors")
   multi = p.add_argument_group("multi-host runs (docs/scale.md): the same "
@@ -103,11 +105,20 @@ def train_main(argv: list[str]) -> None:
     from mmjax.run import train_and_evaluate
     distributed.initialize(args.coordinator_address, args.num_processes,
                            args.process_id, auto=args.distributed)
-    train_and_evaluate(config, args.workdir, dry_run=args.dry_run)
+    result = train_and_evaluate(config, args.workdir, dry_run=args.dry_run)
   except MmjaxError as e:
     if args.verbose:
       raise
     _fail(str(e))
+  except KeyboardInterrupt:   # Ctrl-C outside the train loop (which saves).
+    if args.verbose:
+      raise
+    print("\nmmjax: interrupted (Ctrl-C) outside the train loop, which saves: "
+          "a rerun resumes from the newest checkpoint in the workdir, if any",
+          file=sys.stderr)
+    sys.exit(130)
+  if result.get("signal") == "SIGINT":   # Saved; the shell's status for Ctrl-C.
+    sys.exit(130)
 
 
 def show(config) -> str:

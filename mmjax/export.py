@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmjax.errors import MmjaxError
+from mmjax.train.atomic import atomic_write
 
 # item_embeddings key -> (.npy name, parquet column).
 _ITEM_VECTORS = {"item": ("items", "embedding"),
@@ -49,31 +50,38 @@ def export(model, out_dir: str) -> dict:
   items = {k: v for k, v in model.item_embeddings.items() if k in _ITEM_VECTORS}
   user_ids = np.arange(model.num_users, dtype=np.int64)
   item_ids = np.arange(model.num_items, dtype=np.int64)
+  # Each file whole or not at all (temp file + rename): a killed export
+  # leaves the previous one's files.
+  out = lambda name: atomic_write(os.path.join(out_dir, name), "wb")
   files = {"users.npy": users.shape}
-  np.save(os.path.join(out_dir, "users.npy"), users)
+  with out("users.npy") as f:
+    np.save(f, users)
   for key, vectors in items.items():
     name = _ITEM_VECTORS[key][0] + ".npy"
-    np.save(os.path.join(out_dir, name), vectors)
+    with out(name) as f:
+      np.save(f, vectors)
     files[name] = vectors.shape
   for name, vectors in zip(("scoring_users.npy", "scoring_items.npy"),
                            model.scoring_vectors):
-    np.save(os.path.join(out_dir, name), vectors)
+    with out(name) as f:
+      np.save(f, vectors)
     files[name] = vectors.shape
-  with open(os.path.join(out_dir, "id_map.json"), "w") as f:
+  with atomic_write(os.path.join(out_dir, "id_map.json")) as f:
     json.dump({"user_id": user_ids.tolist(), "item_id": item_ids.tolist(),
                "item_text": list(model.catalog.item_text)}, f)
-  pq.write_table(pa.table({"user_id": user_ids, "embedding": _vectors(users)}),
-                 os.path.join(out_dir, "users.parquet"))
+  with out("users.parquet") as f:
+    pq.write_table(pa.table({"user_id": user_ids, "embedding": _vectors(users)}), f)
   columns = {"item_id": item_ids, "text": pa.array(model.catalog.item_text)}
   columns.update({_ITEM_VECTORS[k][1]: _vectors(v) for k, v in items.items()})
-  pq.write_table(pa.table(columns), os.path.join(out_dir, "items.parquet"))
+  with out("items.parquet") as f:
+    pq.write_table(pa.table(columns), f)
   files.update({"id_map.json": None, "users.parquet": (len(user_ids),),
                 "items.parquet": (len(item_ids),)})
   manifest = dict(workdir=model.workdir, step=model.step,
                   num_users=model.num_users, num_items=model.num_items,
                   dim=int(users.shape[1]),
                   files={k: list(v) if v else None for k, v in files.items()})
-  with open(os.path.join(out_dir, "export.json"), "w") as f:
+  with atomic_write(os.path.join(out_dir, "export.json")) as f:
     json.dump(manifest, f, indent=2)
   return manifest
 

@@ -11,9 +11,15 @@ item i) plus `features.json` describing how they were made:
 
 Text features are the masked mean (or pooler output) over tokens,
 L2-normalized unless --no-normalize: what sentence-transformers computes.
+
+Image paths must stay inside --image_root after symlinks (absolute ones
+inside --absolute_image_root); others are refused, never opened. Only
+--image_formats are opened, and images over --max_image_pixels are skipped
+before decoding. A skipped image's row is zeros.
 """
 
 import argparse
+import collections
 import csv
 import functools
 import json
@@ -26,9 +32,11 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from mmjax.data import image_files, safe_paths
 from mmjax.data.features import TextTokenizer
 from mmjax.errors import MmjaxError
 from mmjax.eval.metrics import batched_apply
+from mmjax.models import pretrained
 from mmjax.models.encoders import hf_import
 
 
@@ -40,7 +48,14 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--text_column", help="Column of item text.")
   p.add_argument("--text_model", help="HF BERT-family checkpoint folder.")
   p.add_argument("--image_column", help="Column of image paths.")
-  p.add_argument("--image_root", default="", help="Image paths are relative to it.")
+  p.add_argument("--image_root", default="", help="Image paths are relative "
+                 "to it and must stay inside it.")
+  p.add_argument("--absolute_image_root", default="", help="Absolute image "
+                 "paths are read only inside this folder; default: refused.")
+  p.add_argument("--image_formats", default=",".join(image_files.FORMATS),
+                 help="The only image formats opened (PIL names).")
+  p.add_argument("--max_image_pixels", type=int, default=image_files.MAX_PIXELS,
+                 help="Larger images are skipped before decoding.")
   p.add_argument("--image_model", help="HF ViT / CLIP checkpoint folder.")
   p.add_argument("--max_length", type=int, default=64)
   p.add_argument("--pooling", choices=("mean", "cls"), default="mean",
@@ -59,13 +74,19 @@ def read_items(path: str, id_column: str, columns: list[str]) -> dict:
   if not os.path.isfile(path):
     raise MmjaxError(f"items file not found: {path}")
   delimiter = "\t" if path.endswith((".tsv", ".inter")) else ","
-  with open(path, newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f, delimiter=delimiter)
-    fields = reader.fieldnames or []
-    for column in [id_column] + columns:
-      if column not in fields:
-        raise MmjaxError(f"{path}: no column {column!r} (columns: {fields})")
-    rows = list(reader)
+  try:   # utf-8-sig: a byte-order mark is not part of the first column's name.
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      reader = csv.DictReader(f, delimiter=delimiter)
+      fields = reader.fieldnames or []
+      for column in [id_column] + columns:
+        if column not in fields:
+          raise MmjaxError(f"{path}: no column {column!r} (columns: {fields})")
+      rows = list(reader)
+  except UnicodeDecodeError as e:
+    raise MmjaxError(f"{path}: not UTF-8 text ({e.reason} at byte "
+                     f"{e.start})") from None
+  except csv.Error as e:
+    raise MmjaxError(f"{path}: cannot parse ({e})") from None
   ids = []
   for line, row in enumerate(rows, start=2):
     try:
@@ -73,15 +94,20 @@ def read_items(path: str, id_column: str, columns: list[str]) -> dict:
     except (TypeError, ValueError):
       raise MmjaxError(f"{path}:{line}: {id_column}={row[id_column]!r} is not "
                        "an integer") from None
-  ids = np.asarray(ids, np.int64)
-  order = np.argsort(ids, kind="stable")
-  if not np.array_equal(ids[order], np.arange(len(ids))):
-    uniq, counts = np.unique(ids, return_counts=True)
-    dup = uniq[counts > 1][:5].tolist()
-    missing = sorted(set(range(len(ids))) - set(ids.tolist()))[:5]
+  if sorted(ids) != list(range(len(ids))):   # Python ints: no overflow.
+    dup = sorted(v for v, c in collections.Counter(ids).items() if c > 1)[:5]
+    missing = sorted(set(range(len(ids))) - set(ids))[:5]
+    outside = [_short(v) for v in ids if not 0 <= v < len(ids)][:5]
     raise MmjaxError(f"{path}: {id_column} must be 0..{len(ids) - 1}, each once "
-                     f"(MMRec row order); duplicated: {dup}, missing: {missing}")
+                     f"(MMRec row order); duplicated: {dup}, missing: {missing}"
+                     + (f", out of range: {outside}" if outside else ""))
+  order = sorted(range(len(ids)), key=ids.__getitem__)
   return {c: [rows[i][c] for i in order] for c in columns}
+
+
+def _short(value: int) -> str:
+  text = str(value)
+  return text if len(text) <= 20 else text[:17] + "..."
 
 
 def _unit_rows(x: jax.Array) -> jax.Array:
@@ -151,9 +177,14 @@ class ImageLoader:
   """Reads, resizes and normalizes the images of given rows, as the
   checkpoint's HF image processor does (NHWC for our ViT)."""
 
-  def __init__(self, paths: list[str], root: str, model_dir: str):
+  def __init__(self, paths: list[str], root: str, model_dir: str, *,
+               absolute_root: str = "", formats=image_files.FORMATS,
+               max_pixels: int = image_files.MAX_PIXELS):
     import transformers
-    self.paths, self.root = paths, root
+    # Resolved up front: a refused path (None) is never opened.
+    self.files = [safe_paths.inside(root or ".", p, absolute_root=absolute_root)
+                  for p in paths]
+    self.formats, self.max_pixels = tuple(formats), max_pixels
     size = hf_import.image_config_from_hf(model_dir)["image_size"]
     if os.path.isfile(os.path.join(model_dir, "preprocessor_config.json")):
       self.processor = transformers.AutoImageProcessor.from_pretrained(
@@ -162,30 +193,40 @@ class ImageLoader:
       mean, std = hf_import.image_normalization(model_dir)
       self.processor = transformers.ViTImageProcessor(
           size=dict(height=size, width=size), image_mean=mean, image_std=std)
-    self.missing: set[int] = set()   # Rows whose image was unreadable.
+    self.skipped: dict[int, str] = {}   # Row -> why its image was skipped.
+
+  def _read(self, row: int):
+    """The row's RGB image, or None (the reason is in self.skipped)."""
+    status, opened = image_files.open_checked(self.files[row], self.formats,
+                                              self.max_pixels)
+    if opened is not None:
+      try:
+        with opened:
+          return opened.convert("RGB")
+      except (OSError, SyntaxError, ValueError):
+        status = image_files.CORRUPT
+    self.skipped[row] = status
+    return None
 
   def __call__(self, rows: np.ndarray) -> np.ndarray:
     from PIL import Image
     images, ok = [], []
-    for row in rows.tolist():
-      file = os.path.join(self.root, self.paths[row])
-      try:
-        images.append(Image.open(file).convert("RGB"))
-        ok.append(True)
-      except (OSError, ValueError):
-        images.append(Image.new("RGB", (8, 8)))
-        ok.append(False)
-        self.missing.add(row)
+    with image_files.quiet_bomb_warnings():
+      for row in rows.tolist():
+        image = self._read(row)
+        ok.append(image is not None)
+        images.append(image if image is not None else Image.new("RGB", (8, 8)))
     pixels = self.processor(images=images, return_tensors="np")["pixel_values"]
     return pixels.transpose(0, 2, 3, 1).astype(np.float32), np.asarray(ok)
 
 
 def image_features(paths: list[str], root: str, model_dir: str, *,
-                  pooling: str, normalize: bool,
-                  batch_size: int) -> tuple[np.ndarray, list[int]]:
-  """(N, D) float32 image features and the rows whose image was unreadable
-  (their row is zeros)."""
-  loader = ImageLoader(paths, root, model_dir)
+                  pooling: str, normalize: bool, batch_size: int,
+                  **checks) -> tuple[np.ndarray, dict[int, str]]:
+  """(N, D) float32 image features and {row: why} of the rows whose image
+  was skipped (their row is zeros). `checks`: ImageLoader's path and image
+  limits."""
+  loader = ImageLoader(paths, root, model_dir, **checks)
   model_fn = _pooled_fn(
       hf_import.load_image_encoder(model_dir, pooling=pooling), normalize)
 
@@ -195,7 +236,12 @@ def image_features(paths: list[str], root: str, model_dir: str, *,
 
   with _bar(len(paths), "image") as bar:
     feats = _apply(fn, (np.arange(len(paths)),), batch_size, bar)
-  return feats.astype(np.float32), sorted(loader.missing)
+  return feats.astype(np.float32), dict(sorted(loader.skipped.items()))
+
+
+_REASONS = {image_files.REFUSED: "refused (outside --image_root)",
+            image_files.TOO_LARGE: "over --max_image_pixels",
+            image_files.UNSUPPORTED: "not in --image_formats"}
 
 
 def run(args) -> dict:
@@ -208,6 +254,20 @@ def run(args) -> dict:
     raise MmjaxError("--image_column and --image_model go together")
   if args.max_length <= 0 or args.batch_size <= 0:
     raise MmjaxError("--max_length and --batch_size must be > 0")
+  formats = tuple(f.strip().upper() for f in args.image_formats.split(",")
+                  if f.strip())
+  if not formats or not set(formats) <= set(image_files.KNOWN_FORMATS):
+    raise MmjaxError(f"--image_formats={args.image_formats!r}: choose from "
+                     f"{','.join(image_files.KNOWN_FORMATS)}")
+  if args.max_image_pixels <= 0:
+    raise MmjaxError("--max_image_pixels must be > 0")
+  if args.text_model:   # The folders before any work: one line naming the file.
+    limit = pretrained.check_text_folder(args.text_model)["max_len"]
+    if args.max_length > limit:
+      raise MmjaxError(f"--max_length={args.max_length} exceeds {args.text_model}'s "
+                       f"max_position_embeddings={limit}")
+  if args.image_model:
+    hf_import.check_image_folder(args.image_model)
   columns = [c for c in (args.text_column, args.image_column) if c]
   items = read_items(args.items, args.id_column, columns)
   os.makedirs(args.out, exist_ok=True)
@@ -226,20 +286,23 @@ def run(args) -> dict:
         seconds=round(time.time() - t0, 2))
   if args.image_column:
     t0 = time.time()
-    feats, missing = image_features(
+    feats, skipped = image_features(
         items[args.image_column], args.image_root, args.image_model,
         pooling=args.image_pooling, normalize=args.normalize,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, absolute_root=args.absolute_image_root,
+        formats=formats, max_pixels=args.max_image_pixels)
+    reasons = collections.Counter(skipped.values())
     np.save(os.path.join(args.out, "image_feat.npy"), feats)
     record["files"]["image_feat.npy"] = dict(
         column=args.image_column, root=os.path.abspath(args.image_root),
         model=os.path.abspath(args.image_model), pooling=args.image_pooling,
         shape=list(feats.shape),
-        unreadable_images=len(missing), unreadable_rows=missing[:100],
-        seconds=round(time.time() - t0, 2))
-    if missing:
-      print(f"mmjax features: {len(missing)} unreadable image(s); their rows "
-            "are zeros (listed in features.json)")
+        unreadable_images=len(skipped), unreadable_rows=list(skipped)[:100],
+        unreadable_why=dict(reasons), seconds=round(time.time() - t0, 2))
+    if skipped:
+      why = ", ".join(f"{n} {_REASONS.get(r, r)}" for r, n in reasons.items())
+      print(f"mmjax features: {len(skipped)} unreadable image(s) ({why}); "
+            "their rows are zeros (listed in features.json)")
   with open(os.path.join(args.out, "features.json"), "w") as f:
     json.dump(record, f, indent=2)
   return record

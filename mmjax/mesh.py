@@ -4,6 +4,7 @@ import re
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax.errors import MmjaxError
@@ -12,12 +13,15 @@ from mmjax.errors import MmjaxError
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
   """A ('data', 'model') mesh over `devices` (default: all devices).
 
-  The `model` axis is there for later tensor/FSDP sharding rules; with the
-  default model=1 every parameter is replicated and the batch is split on
-  `data`.
+  Within a slice the devices are laid out by `mesh_utils.create_device_mesh`,
+  which follows the physical (ICI) topology of TPUs, so neighbours on an
+  axis are neighbours on the torus. With mesh.dcn_data = n > 1 the devices
+  form n slices joined by the slower data-center network: each slice gets
+  the same (data / n, model) mesh and the slices are stacked on the data
+  axis (outermost), so only the gradient all-reduce crosses DCN.
   """
   devices = list(jax.devices() if devices is None else devices)
-  model = mesh_cfg.model
+  model, slices = mesh_cfg.model, mesh_cfg.dcn_data
   if model <= 0 or len(devices) % model:
     raise MmjaxError(
         f"config.mesh.model={model} must divide the device count {len(devices)}")
@@ -25,7 +29,34 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   if data * model != len(devices):
     raise MmjaxError(
         f"config.mesh data*model = {data}*{model} != {len(devices)} devices")
-  return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
+  if data % slices:
+    raise MmjaxError(f"config.mesh.dcn_data={slices} must divide the data "
+                     f"axis ({data} devices)")
+  if slices == 1:
+    grid = mesh_utils.create_device_mesh(
+        (data, model), devices, allow_split_physical_axes=True)
+  else:
+    grid = _hybrid_grid((data // slices, model), slices, devices)
+  return Mesh(grid, ("data", "model"))
+
+
+def _hybrid_grid(per_slice, slices: int, devices) -> np.ndarray:
+  """The multislice device grid: slices stacked on the data axis. Devices
+  that know their slice (TPU) go to `create_hybrid_device_mesh`; others
+  (CPU, simulated) are cut into `slices` runs in device order, each laid out
+  like one slice."""
+  if all(hasattr(d, "slice_index") for d in devices):
+    found = len({d.slice_index for d in devices})
+    if found != slices:
+      raise MmjaxError(f"config.mesh.dcn_data={slices} but the devices form "
+                       f"{found} slice(s)")
+    return mesh_utils.create_hybrid_device_mesh(
+        per_slice, (slices, 1), devices, allow_split_physical_axes=True)
+  n = len(devices) // slices
+  return np.concatenate([
+      mesh_utils.create_device_mesh(per_slice, devices[i * n:(i + 1) * n],
+                                    allow_split_physical_axes=True)
+      for i in range(slices)], axis=0)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

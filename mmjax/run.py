@@ -7,43 +7,58 @@ train` (cli.py) calls `train_and_evaluate`.
 """
 
 import functools
+import os
 import time
 
 from mmjax import config as config_lib
+from mmjax.errors import MmjaxError
 from mmjax.eval import feature_graph as feature_graph_eval
 from mmjax.eval.embed import Embedder
 from mmjax.eval.evaluate import all_item_vectors, baselines, evaluate
 from mmjax.postprocess import choose
+from mmjax.train import aot
 from mmjax.train import feature_graph_trainer
 from mmjax.train import trainer
-from mmjax.train.outputs import write_outputs
+from mmjax.train.outputs import (check_workdir_free, open_workdir,
+                                 write_outputs)
 
 
 def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -> dict:
   """Trains and evaluates; returns the summary (also <workdir>/summary.json).
 
-  `dry_run` only compiles the train step and reports its per-device memory
-  and FLOPs (no workdir, no training). A run stopped by SIGTERM returns
-  {"preempted_at_step": step}.
+  `dry_run` only compiles the train step, from abstract shapes, and reports
+  its per-device memory and FLOPs in <workdir or .>/dry_run.json (no
+  training, no data read; config.mesh.topology compiles for a TPU
+  topology). A run stopped by SIGTERM or Ctrl-C returns
+  {"preempted_at_step": step, "signal": "SIGTERM" or "SIGINT"}.
   """
   config_lib.validate(config)
+  if not dry_run:
+    check_workdir_free(workdir)   # Fail before the setup, not after.
   if config.data.name == "mmrec":   # Precomputed features, MMRec's protocol.
     return feature_graph_trainer.train_and_evaluate_feature_graph(
         config, workdir, log, make_evaluator=functools.partial(
             feature_graph_eval.Evaluator, how=config.feature_graph.ranking))
-  s = trainer.setup(config, workdir, log, dry_run=dry_run,
+  if dry_run:   # Abstract shapes only: no data, no arrays (train/aot.py).
+    out_dir = workdir or "."
+    os.makedirs(out_dir, exist_ok=True)
+    return aot.dry_run(config, log, out_dir=out_dir)
+  if config.mesh.topology:
+    raise MmjaxError("config.mesh.topology is for --dry_run (compiling for a "
+                     "TPU topology); training uses the local devices")
+  s = trainer.setup(config, workdir, log,
                     check_catalog=functools.partial(choose.check_catalog,
                                                     config.postprocess))
-  if dry_run:
-    return trainer.dry_run(s, log)
-  # One embedder for the warm start and the evaluation: compiled once.
-  embedder = Embedder(s.graphdef, s.mesh, config.train.eval_batch_size)
-  item_vectors = lambda params, buffers: all_item_vectors(
-      embedder, params, buffers, s.catalog, s.tokenizer)["item"]
-  trained = trainer.train(s, log, item_vectors=item_vectors)
-  if trained.preempted_at is not None:
-    return dict(preempted_at_step=trained.preempted_at)
-  return _evaluate(s, trained, embedder, log)
+  with open_workdir(s.workdir, log):   # One run per workdir.
+    # One embedder for the warm start and the evaluation: compiled once.
+    embedder = Embedder(s.graphdef, s.mesh, config.train.eval_batch_size)
+    item_vectors = lambda params, buffers: all_item_vectors(
+        embedder, params, buffers, s.catalog, s.tokenizer)["item"]
+    trained = trainer.train(s, log, item_vectors=item_vectors)
+    if trained.preempted_at is not None:
+      return dict(preempted_at_step=trained.preempted_at,
+                  signal=trained.preempted_by)
+    return _evaluate(s, trained, embedder, log)
 
 
 def _evaluate(s: trainer.Setup, trained: trainer.Trained, embedder, log) -> dict:

@@ -104,3 +104,12 @@ def test_unwritable_workdir(tmp_path):
 def test_bad_config_value(tmp_path):
   proc = _launch(f"--workdir={tmp_path}", "--config.model.fusion.kind=gated")
   _one_error_line(proc, "config.model.fusion.kind")
+
+
+@pytest.mark.parametrize("text, value", [
+    ("seed,data", ("seed", "data")), ("train.batch_size", ("train.batch_size",)),
+    ("(1, 2)", (1, 2)), ("1,2", (1, 2)), ("text/.*", ("text/.*",)), ("", ())])
+def test_tuple_overrides(text, value):
+  from mmjax.config import loader
+  key = loader.key_of("train.allow_resume_change")
+  assert loader.parse_value(key, text) == value

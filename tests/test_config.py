@@ -14,7 +14,7 @@ from mmjax.config.schema import GRID_KEYS, KEYS, RENAMED
 from mmjax.errors import MmjaxError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = ("base", "clothing", "dbbook", "demo", "mmrec", "tiny")
+SHIPPED = ("base", "clothing", "dbbook", "demo", "large", "mmrec", "tiny")
 # What the feature-graph configs need from the command line.
 MMREC_ARGS = {"data.dir": "/data/dbbook", "data.inter_file": "dbbook.inter"}
 
@@ -59,7 +59,7 @@ def test_shipped_configs_validate(name):
 
 def _outside(bounds: str, kind: type):
   """A value of `kind` that breaks `bounds`."""
-  for candidate in (-1, 0, 1, 2, -1.5, 0.0, 1.0, 0.5):
+  for candidate in (-1, 0, 1, 2, -2, -1.5, 0.0, 1.0, 0.5):
     value = kind(candidate)
     if not in_bounds(value, bounds):
       return value
@@ -84,8 +84,10 @@ CHOOSY = [k for k in KEYS if k.choices]
 @pytest.mark.parametrize("key", CHOOSY, ids=[k.path for k in CHOOSY])
 def test_every_choice_is_checked(key):
   c = config_lib.default_config()
-  _set(c, key.path, "nope")
-  with pytest.raises(MmjaxError, match=f"config.{key.path}='nope': choose one of"):
+  bad = ("nope",) if key.type is tuple else "nope"   # A tuple's: per element.
+  _set(c, key.path, bad)
+  with pytest.raises(MmjaxError, match=f"config.{key.path}={re.escape(repr(bad))}: "
+                     "choose (each )?one of"):
     config_lib.validate(c)
 
 
@@ -124,6 +126,77 @@ def test_constraints_between_keys(path, value, needle):
   c = config_lib.default_config()
   _set(c, path, value)
   with pytest.raises(MmjaxError, match=needle):
+    config_lib.validate(c)
+
+
+# The values of the hardening issue that used to crash or run: each is now
+# refused by validation, naming the key.
+@pytest.mark.parametrize("path,value,needle", [
+    ("model.image.patch_size", 0, "must be > 0"),
+    ("data.prefetch", -1, r"must be in \[0, 256\]"),
+    ("model.fusion.heads", 0, "must be > 0"),
+    ("model.text.mlp_dim", 0, "must be > 0"),
+    ("model.image.cnn_widths", (), "give at least one value"),
+    ("train.lr", -1.0, "must be > 0"),
+    ("train.lr", float("nan"), "must be finite"),
+    ("train.lr", float("inf"), "must be finite"),
+    ("loss.infonce", float("nan"), "must be finite"),
+    ("loss.mmd", float("-inf"), "must be finite"),
+    ("data.worker_count", 100000, r"must be in \[0, 4 \* cpus\] \(cpus="),
+    ("data.max_text_len", 100000, r"must be in \[2, 512\]"),
+    ("data.max_text_len", 1, r"must be in \[2, 512\]"),
+    ("model.text.dropout", 1.0, r"must be in \[0, 1\)"),
+    ("seed", -1, "must be in"),
+    ("train.steps", 2**31, "must fit 32 bits"),
+    ("postprocess.item_id_scales", (float("nan"),), "each must be finite"),
+])
+def test_values_that_make_no_sense_are_refused(path, value, needle):
+  c = config_lib.default_config()
+  _set(c, path, value)
+  with pytest.raises(MmjaxError, match=f"config.{re.escape(path)}=.*{needle}"):
+    config_lib.validate(c)
+
+
+def test_worker_count_scales_with_the_cpus(monkeypatch):
+  from mmjax.config import checks
+  c = config_lib.default_config()
+  c.data.worker_count = 8
+  monkeypatch.setattr(checks, "cpus", lambda: 2)
+  config_lib.validate(c)
+  c.data.worker_count = 9
+  with pytest.raises(MmjaxError, match=r"worker_count=9 must be in .* \(cpus=2\)"):
+    config_lib.validate(c)
+
+
+def test_cross_attention_heads_divide_the_model_dim():
+  c = config_lib.default_config()
+  c.model.fusion.heads = 5
+  config_lib.validate(c)   # Unused by the "mlp" fusion.
+  c.model.fusion.kind = "cross_attention"
+  with pytest.raises(MmjaxError, match="fusion.heads=5 must divide config.model.dim=64"):
+    config_lib.validate(c)
+
+
+def test_grid_points_are_values_of_the_grid_key():
+  c = _mmrec()
+  c.grid.key, c.grid.points = "train.lr", (1e-3, 0.0)
+  with pytest.raises(MmjaxError, match=r"grid.points: 0.0 is not a valid train.lr \(must be > 0\)"):
+    config_lib.validate(c)
+  c.grid.key = "loss.bpr"   # A weight: 0 switches it off.
+  config_lib.validate(c)
+
+
+def test_max_text_len_fits_the_pretrained_position_table(tmp_path):
+  c = config_lib.default_config()
+  c.model.text.init_from = str(tmp_path)
+  (tmp_path / "config.json").write_text('{"max_position_embeddings": 16}')
+  c.data.max_text_len = 16
+  config_lib.validate(c)
+  c.data.max_text_len = 17
+  with pytest.raises(MmjaxError, match="max_text_len=17 exceeds .*max_position_embeddings=16"):
+    config_lib.validate(c)
+  (tmp_path / "config.json").write_text('{"max_position_embeddings": "x"}')
+  with pytest.raises(MmjaxError, match="config.json: max_position_embeddings='x'"):
     config_lib.validate(c)
 
 
@@ -302,7 +375,7 @@ def test_an_existing_file_wins_and_a_missing_one_lists_the_shipped(tmp_path):
   assert config_lib.resolve(path) == (path, None)
   assert config_lib.shipped_configs() == list(SHIPPED)
   with pytest.raises(MmjaxError, match="config file not found: nope .shipped "
-                     "configs: base, clothing, dbbook, demo, mmrec, tiny"):
+                     "configs: base, clothing, dbbook, demo, large, mmrec, tiny"):
     config_lib.resolve("nope")
   with pytest.raises(MmjaxError, match="config file not found"):
     config_lib.resolve(str(tmp_path / "elsewhere" / "demo.py"))

@@ -280,3 +280,10 @@ def test_all_padding_is_zero_not_nan():
                contrastive.siglip(a, b, 2., -5., none),
                rec.bpr(a, b, ids, none), rec.bce(a, b, ids, none)):
     assert float(loss) == 0.
+
+
+def test_mmd_traces_at_batches_past_int32_pair_counts():
+  # 2 * 24000 points: the pair count 48000 * 47999 does not fit int32.
+  x = jax.ShapeDtypeStruct((24000, 4), jnp.float32)
+  out = jax.eval_shape(alignment.mmd, x, x)
+  assert out.shape == () and out.dtype == jnp.float32

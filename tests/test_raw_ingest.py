@@ -110,7 +110,7 @@ def test_round_trip_through_tfds_and_grain(ingested):
 def test_summary_lines_count_skips_and_truncation(ingested):
   cfg, data_dir, lines = ingested
   assert lines[0] == ("images: 6 read, 1 missing, 1 corrupt "
-                      "(skipped; e.g. images/g.jpg, images/h.png)")
+                      "(skipped; e.g. g.jpg, h.png)")
   assert ("6/3/3 train/valid/test interactions (per-user split), "
           "2 dropped with skipped images") in lines[1]
   # tiny_config's max_text_len=16 truncates only the long text of f.

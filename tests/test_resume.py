@@ -1,6 +1,11 @@
-"""Runs killed at arbitrary steps resume bit-exactly, also on another device count."""
+"""Runs killed at arbitrary steps resume bit-exactly, also on another device
+count; a resume that would change the batch size, seed, data or go back in
+steps is refused."""
 
+import json
 import os
+import re
+import shutil
 import signal
 
 import jax
@@ -10,7 +15,10 @@ import pytest
 import training_runs as runs
 from mmjax.data import store
 from mmjax.data.pipeline import train_dataset
+from mmjax.errors import MmjaxError
+from mmjax.run import train_and_evaluate
 from mmjax.train import reporting
+from mmjax.train import resume
 
 STEPS = 12
 EXACT = ("train.steps=12", "train.log_every=1", "train.checkpoint_every=1",
@@ -80,3 +88,54 @@ def test_resume_on_four_devices_after_eight_continues_the_stream(tmp_path, data_
     want = next(stream)
     assert row["user_id"] == want["user_id"].tolist(), row["step"]
     assert row["item_id"] == want["item_id"].tolist(), row["step"]
+
+
+def _copy(trained_workdir, tmp_path) -> str:
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_workdir, workdir)
+  return workdir
+
+
+def _as_trained(config):
+  """The config of the `trained_workdir` fixture's run."""
+  config.train.steps = 4
+  config.train.checkpoint_every = 4
+  return config
+
+
+def test_changed_batch_size_is_refused_unless_allowed(tmp_path, trained_workdir,
+                                                      config):
+  workdir = _copy(trained_workdir, tmp_path)
+  config = _as_trained(config)
+  config.train.batch_size = 32
+  with pytest.raises(MmjaxError) as e:
+    train_and_evaluate(config, workdir, log=lambda *_: None)
+  assert str(e.value) == (
+      f"refusing to resume checkpoint 4 in {workdir}: changed since it was "
+      "trained: train.batch_size (16 -> 32); use the original values, another "
+      "--workdir, or --config.train.allow_resume_change=train.batch_size")
+  assert not os.path.exists(os.path.join(workdir, ".lock"))   # Released.
+  config.train.allow_resume_change = ("train.batch_size",)
+  summary = train_and_evaluate(config, workdir, log=lambda *_: None)
+  assert summary["train"]["resumed_from"] == 4
+
+
+def test_steps_below_the_checkpoint_are_refused(tmp_path, trained_workdir, config):
+  workdir = _copy(trained_workdir, tmp_path)
+  config = _as_trained(config)
+  config.train.steps = 3
+  with pytest.raises(MmjaxError, match=r"config.train.steps=3 is below step 4 "):
+    train_and_evaluate(config, workdir, log=lambda *_: None)
+
+
+def test_changed_seed_and_data_are_named(tmp_path):
+  old = {"train.batch_size": 16, "seed": 0, "data": {"fingerprint": "a", "dir": "/d1"}}
+  (tmp_path / resume.IDENTITY_FILE).write_text(json.dumps(old))
+  new = {"train.batch_size": 16, "seed": 1, "data": {"fingerprint": "b", "dir": "/d2"}}
+  with pytest.raises(MmjaxError, match=re.escape(
+      "seed (0 -> 1), data (another catalog: /d1 -> /d2); ") + ".*"
+      + re.escape("allow_resume_change=seed,data")):
+    resume.check_identity(str(tmp_path), new, (), 4)
+  resume.check_identity(str(tmp_path), new, ("seed", "data"), 4)
+  moved = dict(old, data={"fingerprint": "a", "dir": "/elsewhere"})
+  resume.check_identity(str(tmp_path), moved, (), 4)   # Same catalog, moved.

@@ -14,15 +14,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def launch(workdir, data_dir, *overrides, devices: int = 1) -> subprocess.Popen:
-  """Starts `launch.py` with tests/tiny_cli_config.py; stdout/stderr piped."""
+def launch(workdir, data_dir, *overrides, devices: int = 1,
+           own_group: bool = False) -> subprocess.Popen:
+  """Starts `launch.py` with tests/tiny_cli_config.py; stdout/stderr piped.
+  `own_group`: in a process group of its own, as a terminal runs a command
+  (its Ctrl-C goes to the whole group: `os.killpg`)."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   cmd = [sys.executable, "launch.py", "--config", os.path.join(HERE, "tiny_cli_config.py"),
          f"--workdir={workdir}", f"--config.data.dir={data_dir}",
          *[f"--config.{o}" for o in overrides]]
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True,
+                          start_new_session=own_group)
 
 
 def logged_steps(workdir) -> list[int]:
@@ -33,8 +37,10 @@ def logged_steps(workdir) -> list[int]:
     return []
 
 
-def signal_after(proc, workdir, step: int, sig, timeout: float = 600) -> int:
+def signal_after(proc, workdir, step: int, sig, timeout: float = 600,
+                 group: bool = False) -> int:
   """Sends `sig` once metrics.jsonl logs a step >= `step`; returns that step.
+  `group`: to the process's whole group (see `launch`).
 
   Fails if the run ends first (the test would then prove nothing).
   """
@@ -43,7 +49,7 @@ def signal_after(proc, workdir, step: int, sig, timeout: float = 600) -> int:
     steps = logged_steps(workdir)
     if steps and steps[-1] >= step:
       assert proc.poll() is None, "run ended before it could be interrupted"
-      os.kill(proc.pid, sig)
+      (os.killpg if group else os.kill)(proc.pid, sig)
       return steps[-1]
     if proc.poll() is not None:
       raise AssertionError(f"run exited early:\n{proc.communicate()[1][-3000:]}")

@@ -3,10 +3,12 @@ between keys. Each problem is one MmjaxError naming the key."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 
-from mmjax.config.schema import KEYS, PATH_NAMES, Key
+from mmjax.config.schema import BY_PATH, KEYS, PATH_NAMES, Key
 from mmjax.config.tree import get
 from mmjax.errors import MmjaxError
 
@@ -41,23 +43,49 @@ def type_name(kind: type) -> str:
   return _TYPE_NAMES.get(kind, kind.__name__)
 
 
+_INT_LIMIT = 2**31   # Integers go into int32 arrays and seeds.
+
+
+def cpus() -> int:
+  return os.cpu_count() or 1
+
+
+def _number(text: str) -> float:
+  """A bound: "2", "-1", "1e-3" or "N * cpus"."""
+  m = re.fullmatch(r"(\S+)\s*\*\s*cpus", text.strip())
+  return float(m.group(1)) * cpus() if m else float(text)
+
+
 def in_bounds(value, bounds: str) -> bool:
-  """Whether `value` satisfies `bounds`: "> 0", ">= 2", "[0, 1)", "(0, 1)"."""
+  """Whether `value` satisfies `bounds`: "> 0", ">= 2", "[0, 1)", "(0, 1)",
+  "[0, 4 * cpus]"."""
   m = re.fullmatch(r"(>=|>)\s*(\S+)", bounds)
   if m:
     lo = float(m.group(2))
     return value >= lo if m.group(1) == ">=" else value > lo
-  m = re.fullmatch(r"([\[(])\s*(\S+),\s*(\S+)\s*([\])])", bounds)
+  m = re.fullmatch(r"([\[(])([^,]+),([^\])]+)([\])])", bounds)
   if not m:
     raise ValueError(f"bad bounds {bounds!r}")
-  lo, hi = float(m.group(2)), float(m.group(3))
+  lo, hi = _number(m.group(2)), _number(m.group(3))
   above = value >= lo if m.group(1) == "[" else value > lo
   below = value <= hi if m.group(4) == "]" else value < hi
   return above and below
 
 
 def _must_be(bounds: str) -> str:
+  if "cpus" in bounds:
+    return f"in {bounds} (cpus={cpus()})"
   return f"in {bounds}" if bounds[0] in "[(" else bounds
+
+
+def _not_finite(value) -> str | None:
+  """What is wrong with NaN, +-inf or an integer too large for int32; None
+  for any other value."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return None
+  if isinstance(value, int):
+    return None if -_INT_LIMIT <= value < _INT_LIMIT else "fit 32 bits"
+  return None if math.isfinite(value) else "be finite"
 
 
 def check_value(key: Key, value) -> None:
@@ -65,14 +93,25 @@ def check_value(key: Key, value) -> None:
   where = f"config.{key.path}={value!r}"
   if not _is(value, key.type):
     raise MmjaxError(f"{where}: expected {type_name(key.type)}")
-  if key.choices and value not in key.choices:
-    raise MmjaxError(f"{where}: choose one of {key.choices}")
+  chosen = (all(v in key.choices for v in value) if key.type is tuple
+            else value in key.choices)   # A tuple key's choices: per element.
+  if key.choices and not chosen:
+    raise MmjaxError(f"{where}: choose {'each ' * (key.type is tuple)}one "
+                     f"of {key.choices}")
   if key.type is tuple:
+    if key.nonempty and not value:
+      raise MmjaxError(f"{where}: give at least one value")
     if key.of is not None:
       if not all(_is(v, key.of) for v in value):
-        raise MmjaxError(f"{where}: expected a tuple of {type_name(key.of)}s")
+        raise MmjaxError(f"{where}: expected a tuple of "
+                         f"{type_name(key.of).split(' ', 1)[1]}s")
+      wrong = next(filter(None, map(_not_finite, value)), None)
+      if wrong:
+        raise MmjaxError(f"{where}: each must {wrong}")
       if key.bounds and not all(in_bounds(v, key.bounds) for v in value):
         raise MmjaxError(f"{where}: each must be {_must_be(key.bounds)}")
+  elif _not_finite(value):
+    raise MmjaxError(f"{where} must {_not_finite(value)}")
   elif key.bounds and not in_bounds(value, key.bounds):
     raise MmjaxError(f"{where} must be {_must_be(key.bounds)}")
 
@@ -108,6 +147,17 @@ def _check_between_keys(config) -> None:
   if config.data.name == "mmrec":
     _check_feature_graph(config)
     return
+  synthetic = config.data.synthetic
+  if (config.data.name == "synthetic"
+      and synthetic.interactions_per_user > synthetic.num_items // 2):
+    raise MmjaxError(
+        f"config.data.synthetic.interactions_per_user="
+        f"{synthetic.interactions_per_user} must be at most num_items // 2 = "
+        f"{synthetic.num_items // 2}")
+  fusion = config.model.fusion
+  if fusion.kind == "cross_attention" and config.model.dim % fusion.heads:
+    raise MmjaxError(f"config.model.fusion.heads={fusion.heads} must divide "
+                     f"config.model.dim={config.model.dim}")
   raw = config.data.raw
   if config.data.name == "raw" and raw.valid_fraction + raw.test_fraction >= 1:
     raise MmjaxError("config.data.raw.valid_fraction and test_fraction must "
@@ -133,6 +183,12 @@ def _check_feature_graph(config) -> None:
   grid = config.grid
   if bool(grid.key) != bool(grid.points):
     raise MmjaxError("config.grid.key and config.grid.points go together")
+  if grid.key:   # Each point is a value of grid.key: its bounds hold.
+    bounds = BY_PATH[grid.key].bounds
+    for point in grid.points:
+      if bounds and not in_bounds(point, bounds):
+        raise MmjaxError(f"config.grid.points: {point!r} is not a valid "
+                         f"{grid.key} (must be {_must_be(bounds)})")
   files = [f for f in config.data.feature_files.split(",") if f.strip()]
   if config.feature_graph.fusion == "mlp" and len(files) != 2:
     raise MmjaxError("config.feature_graph.fusion='mlp' needs exactly two "
@@ -140,12 +196,15 @@ def _check_feature_graph(config) -> None:
 
 
 def _check_pretrained(config) -> None:
-  """init_from folders exist; freeze patterns are regexes."""
+  """init_from folders exist (their contents are checked where the model
+  is built, before the workdir); freeze patterns are regexes."""
   for tower in ("text", "image"):
     path = config.model[tower].init_from
     if path and not os.path.isfile(os.path.join(path, "config.json")):
       raise MmjaxError(f"config.model.{tower}.init_from={path!r}: no HF "
                        "checkpoint folder (config.json) there")
+  if config.model.text.init_from:
+    _check_text_len(config.model.text.init_from, config.data.max_text_len)
   if config.model.image.init_from and config.model.image.kind != "vit":
     raise MmjaxError("config.model.image.init_from needs config.model.image.kind='vit'")
   for i, pattern in enumerate(config.train.freeze):
@@ -153,6 +212,22 @@ def _check_pretrained(config) -> None:
       re.compile(pattern)
     except re.error as e:
       raise MmjaxError(f"config.train.freeze[{i}]={pattern!r}: bad regex ({e})") from None
+
+
+def _check_text_len(folder: str, max_text_len: int) -> None:
+  """data.max_text_len fits the pretrained text tower's position table."""
+  file = os.path.join(folder, "config.json")
+  try:
+    with open(file, encoding="utf-8") as f:
+      limit = json.load(f).get("max_position_embeddings")
+  except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+    raise MmjaxError(f"{file}: not a readable JSON object ({e})") from None
+  if not isinstance(limit, int) or isinstance(limit, bool) or limit < 2:
+    raise MmjaxError(f"{file}: max_position_embeddings={limit!r} is not a "
+                     "positive integer")
+  if max_text_len > limit:
+    raise MmjaxError(f"config.data.max_text_len={max_text_len} exceeds "
+                     f"{folder}'s max_position_embeddings={limit}")
 
 
 def _check_sharding_rules(rules) -> None:

@@ -21,13 +21,16 @@ def _paths(key: Key) -> str:
 def _allowed(key: Key) -> str:
   parts = []
   if key.choices:
-    parts.append(" / ".join(f"`{c!r}`" for c in key.choices))
-  kind = (f"tuple of {type_name(key.of)}s" if key.of is not None
+    parts.append(("each of " if key.type is tuple else "")
+                 + " / ".join(f"`{c!r}`" for c in key.choices))
+  kind = (f"tuple of {type_name(key.of).split(' ', 1)[1]}s" if key.of is not None
           else type_name(key.type))
   if not key.choices:
     parts.append(kind.removeprefix("a ").removeprefix("an "))
   if key.bounds:
     parts.append(("each " if key.type is tuple else "") + key.bounds)
+  if key.nonempty:
+    parts.append("not empty")
   if key.required_on:
     parts.append("required for " + ", ".join(key.required_on))
   return "; ".join(parts)
@@ -47,6 +50,10 @@ def markdown() -> str:
       "values; any key can also be set on the command line as "
       "`--config.KEY=VALUE` (tuples as `--config.seeds=0,1,2`). "
       "`mmjax config show CONFIG` prints a resolved config.",
+      "",
+      "*Allowed*: every number must also be finite (no NaN or inf) and every "
+      "integer fit 32 bits; `cpus` is the machine's CPU count. A tuple's "
+      "bounds apply to each element.",
       "",
       "*Read by*: the data paths (`data.name`) that use a key: *end-to-end* is "
       "`synthetic` and `raw` (the multimodal model), *feature graph* is "

@@ -183,17 +183,17 @@ def parse_value(key: Key, text: str):
 
 
 def _parse_tuple(text: str) -> tuple:
-  """As ml_collections' tuple flags: a Python literal ("(1, 2)", "1,2"), else
-  one unquoted string ("text/.*")."""
+  """As ml_collections' tuple flags: a Python literal ("(1, 2)", "1,2"),
+  else unquoted strings, comma-separated ("seed,data") or one ("text/.*")."""
   if not text.strip():
     return ()
   try:
     value = ast.literal_eval(text)
-  except ValueError:
-    value = text
-  except SyntaxError:
-    if "," in text or " " in text:
-      raise
+  except (ValueError, SyntaxError):
+    if "," in text:
+      return tuple(part.strip() for part in text.split(","))
+    if " " in text:
+      raise SyntaxError(text) from None
     value = text
   if isinstance(value, (tuple, list)):
     return tuple(value)

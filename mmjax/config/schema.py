@@ -28,11 +28,17 @@ GRID_KEYS = ("train.lr", "train.weight_decay", "model.rec.temperature",
              "loss.softmax", "loss.bpr", "loss.infonce",
              "feature_graph.content_weight")
 
+# What a resumed run must share with its checkpoint's run, unless
+# `train.allow_resume_change` names it ("data": the catalog).
+RESUME_CHANGES = ("train.batch_size", "seed", "data")
+
 
 @dataclasses.dataclass(frozen=True)
 class Key:
-  """One config key. `bounds` ("> 0", ">= 0", "[0, 1)") and `of` (the
-  element type) apply to each element of a tuple key."""
+  """One config key. `bounds` ("> 0", ">= 0", "[0, 1)", "[0, 4 * cpus]")
+  and `of` (the element type) apply to each element of a tuple key; `cpus`
+  is the machine's CPU count. Every number must also be finite, and every
+  integer fit 32 bits. `nonempty`: a tuple key that may not be ()."""
   path: str
   default: Any
   doc: str
@@ -41,6 +47,7 @@ class Key:
   of: type | None = None
   paths: tuple[str, ...] = ALL
   required_on: tuple[str, ...] = ()   # Data paths on which "" is an error.
+  nonempty: bool = False
 
   @property
   def type(self) -> type:
@@ -49,11 +56,14 @@ class Key:
 
 K = Key
 _POS, _NONNEG = "> 0", ">= 0"
+_SEED = "[0, 2147483647]"
+_FRACTION = "[0, 1)"   # Dropouts and probabilities.
 
 KEYS: tuple[Key, ...] = (
-    K("seed", 0, "Seed of the parameters, the data order and dropout."),
+    K("seed", 0, "Seed of the parameters, the data order and dropout.",
+      bounds=_SEED),
     K("seeds", (), "Feature graph: seeds trained together as one vmapped program, e.g. "
-      "(0, 1, 2); (): seed.", of=int, paths=FEATURE_GRAPH),
+      "(0, 1, 2); (): seed.", of=int, bounds=_SEED, paths=FEATURE_GRAPH),
 
     # --- data ---------------------------------------------------------------
     K("data.name", "synthetic", "The data path: the embedded catalog, a raw "
@@ -69,10 +79,12 @@ KEYS: tuple[Key, ...] = (
     K("data.synthetic.num_users", 1000, "Users of the embedded catalog.",
       bounds=_POS, paths=(SYNTHETIC,)),
     K("data.synthetic.image_size", 32, "Side of the catalog's images (px).",
-      bounds=_POS, paths=(SYNTHETIC,)),
+      bounds=">= 8", paths=(SYNTHETIC,)),
     K("data.synthetic.interactions_per_user", 30, "Interactions drawn per "
-      "user.", paths=(SYNTHETIC,)),
-    K("data.synthetic.seed", 0, "Seed of the catalog.", paths=(SYNTHETIC,)),
+      "user (mean); at most num_items // 2.", bounds=">= 3",
+      paths=(SYNTHETIC,)),
+    K("data.synthetic.seed", 0, "Seed of the catalog.", bounds=_SEED,
+      paths=(SYNTHETIC,)),
     K("data.raw.root", "", "The raw folder; the paths below are relative to "
       "it. Ingested once into the cache.", paths=(RAW,), required_on=(RAW,)),
     K("data.raw.adapter", "table", "\"table\": an items and an interactions "
@@ -101,23 +113,37 @@ KEYS: tuple[Key, ...] = (
       bounds="(0, 1)", paths=(RAW,)),
     K("data.raw.tokenizer_vocab", 4096, "WordPiece vocabulary trained on the "
       "items' texts.", bounds=_POS, paths=(RAW,)),
-    K("data.max_text_len", 32, "Tokens per text, [CLS] included.",
-      bounds=_POS, paths=END_TO_END),
+    K("data.raw.image_formats", ("JPEG", "PNG", "WEBP"), "The only image "
+      "formats opened (by content, whatever the extension); other files are "
+      "counted as unsupported.", choices=("JPEG", "PNG", "WEBP", "GIF", "BMP",
+                                          "TIFF"), of=str, nonempty=True,
+      paths=(RAW,)),
+    K("data.raw.max_image_pixels", 4096 * 4096, "Images whose header declares "
+      "more pixels are counted as too large, never decoded.",
+      bounds="[1, 89478485]", paths=(RAW,)),
+    K("data.raw.absolute_image_root", "", "Absolute image paths in the items "
+      "table are read only inside this folder; \"\": refused. Relative ones "
+      "must stay inside image_root, after symlinks.", paths=(RAW,)),
+    K("data.max_text_len", 32, "Tokens per text, [CLS] and [SEP] included; "
+      "with model.text.init_from at most its max_position_embeddings.",
+      bounds="[2, 512]", paths=END_TO_END),
     K("data.history_len", 20, "Train items the user tower pools per step, "
       "sampled at random.", bounds=_POS, paths=END_TO_END),
     K("data.eval_history_len", 0, "Evaluation and inference pool each user's "
       "last N train items (a longer history gives a steadier mean); 0: "
       "data.history_len.", bounds=_NONNEG, paths=END_TO_END),
     K("data.mlm_prob", 0.15, "Masked-token probability of the MLM term.",
-      bounds="[0, 1)", paths=END_TO_END),
+      bounds=_FRACTION, paths=END_TO_END),
     K("data.mlm_max_predictions", 4, "Masked tokens per text (BERT's "
       "max_predictions_per_seq).", bounds=_POS, paths=END_TO_END),
     K("data.augment", True, "Random image augmentation in training.",
       paths=END_TO_END),
     K("data.worker_count", 0, "Grain worker processes; 0: in the trainer's "
-      "process.", bounds=_NONNEG, paths=END_TO_END),
-    K("data.num_threads", 2, "Grain read threads.", paths=END_TO_END),
-    K("data.prefetch", 4, "Batches read ahead.", paths=END_TO_END),
+      "process.", bounds="[0, 4 * cpus]", paths=END_TO_END),
+    K("data.num_threads", 2, "Grain read threads; 0: read in the calling "
+      "thread.", bounds="[0, 256]", paths=END_TO_END),
+    K("data.prefetch", 4, "Batches read ahead; 0: none.", bounds="[0, 256]",
+      paths=END_TO_END),
     K("data.inter_file", "", "MMRec interactions file in data.dir, e.g. "
       "\"dbbook.inter\".", paths=FEATURE_GRAPH, required_on=(MMREC,)),
     K("data.feature_files", "", "\"a.npy,b.npy\": one (items, d) feature "
@@ -137,11 +163,14 @@ KEYS: tuple[Key, ...] = (
       paths=END_TO_END),
     K("model.text.heads", 4, "Attention heads; must divide hidden.",
       bounds=_POS, paths=END_TO_END),
-    K("model.text.mlp_dim", 128, "Text tower MLP width.", paths=END_TO_END),
+    K("model.text.mlp_dim", 128, "Text tower MLP width.", bounds=_POS,
+      paths=END_TO_END),
     K("model.text.pooling", "cls", "Text vector: the [CLS] token or the mean "
       "of the tokens.", choices=("cls", "mean"), paths=END_TO_END),
-    K("model.text.dropout", 0.0, "Text tower dropout.", paths=END_TO_END),
-    K("model.text.type_vocab", 2, "Token-type vocabulary.", paths=END_TO_END),
+    K("model.text.dropout", 0.0, "Text tower dropout.", bounds=_FRACTION,
+      paths=END_TO_END),
+    K("model.text.type_vocab", 2, "Token-type vocabulary.", bounds=_POS,
+      paths=END_TO_END),
     K("model.text.init_from", "", "An HF BERT-family folder (docs/pretrained."
       "md): its config sets the architecture (the keys above except pooling "
       "and dropout are unused), its weights and tokenizer are loaded.",
@@ -156,20 +185,27 @@ KEYS: tuple[Key, ...] = (
       paths=END_TO_END),
     K("model.image.heads", 4, "Attention heads; must divide hidden.",
       bounds=_POS, paths=END_TO_END),
-    K("model.image.mlp_dim", 128, "Image tower MLP width.", paths=END_TO_END),
+    K("model.image.mlp_dim", 128, "Image tower MLP width.", bounds=_POS,
+      paths=END_TO_END),
     K("model.image.pooling", "cls", "Image vector: the CLS token or the mean "
       "of the patches.", choices=("cls", "mean"), paths=END_TO_END),
-    K("model.image.dropout", 0.0, "Image tower dropout.", paths=END_TO_END),
+    K("model.image.dropout", 0.0, "Image tower dropout.", bounds=_FRACTION,
+      paths=END_TO_END),
     K("model.image.cnn_widths", (16, 32, 64), "Channels per stage of the "
-      "\"cnn\" tower.", of=int, bounds=_POS, paths=END_TO_END),
+      "\"cnn\" tower.", of=int, bounds=_POS, nonempty=True,
+      paths=END_TO_END),
     K("model.image.init_from", "", "An HF ViT / CLIP(-vision) folder; needs "
       "kind=\"vit\".", paths=END_TO_END),
     K("model.fusion.kind", "mlp", "How an item's text and image vectors "
       "combine.", choices=("mlp", "cross_attention"), paths=END_TO_END),
-    K("model.fusion.hidden", 128, "Fusion width.", paths=END_TO_END),
-    K("model.fusion.heads", 4, "Cross-attention heads.", paths=END_TO_END),
-    K("model.fusion.layers", 1, "Cross-attention blocks.", paths=END_TO_END),
-    K("model.fusion.dropout", 0.0, "Fusion dropout.", paths=END_TO_END),
+    K("model.fusion.hidden", 128, "Fusion width.", bounds=_POS,
+      paths=END_TO_END),
+    K("model.fusion.heads", 4, "Cross-attention heads; must divide "
+      "model.dim.", bounds=_POS, paths=END_TO_END),
+    K("model.fusion.layers", 1, "Cross-attention blocks.", bounds=_POS,
+      paths=END_TO_END),
+    K("model.fusion.dropout", 0.0, "Fusion dropout.", bounds=_FRACTION,
+      paths=END_TO_END),
     K("model.rec.item_id_embedding", True, "Add a learned per-item ID vector "
       "to the content vector.", paths=END_TO_END),
     K("model.rec.user_id_embedding", True, "Add a learned per-user vector to "
@@ -216,7 +252,7 @@ KEYS: tuple[Key, ...] = (
     K("train.steps", 1000, "Optimizer steps.", bounds=_POS, paths=END_TO_END),
     K("train.batch_size", 256, "Global, across all devices and processes.",
       bounds=_POS),
-    K("train.lr", 2e-3, "Peak learning rate."),
+    K("train.lr", 2e-3, "Peak learning rate.", bounds=_POS),
     K("train.warmup_steps", 100, "Linear warm-up, then cosine decay.",
       bounds=_NONNEG, paths=END_TO_END),
     K("train.weight_decay", 1e-4, "AdamW weight decay.", bounds=_NONNEG),
@@ -250,6 +286,10 @@ KEYS: tuple[Key, ...] = (
       "no update and no optimizer state.", of=str, paths=END_TO_END),
     K("train.unfreeze_last_blocks", 0, "The last N blocks of a frozen stack "
       "are trained again.", bounds=_NONNEG, paths=END_TO_END),
+    K("train.allow_resume_change", (), "Resume although these changed since "
+      "the checkpoint was trained (otherwise refused): the batch size, the "
+      "seed, the data (another catalog).", of=str, choices=RESUME_CHANGES,
+      paths=END_TO_END),
 
     # --- postprocess: evaluation-time calibration (mmjax/postprocess) -------
     K("postprocess.item_id_scales", (), "After training, the item-ID table "
@@ -302,17 +342,25 @@ KEYS: tuple[Key, ...] = (
     K("grid.key", "", "A hyper-parameter trained at every grid.points value "
       "in the same program.", choices=("",) + GRID_KEYS,
       paths=FEATURE_GRAPH),
-    K("grid.points", (), "The values of grid.key, e.g. (1e-3, 3e-3).",
-      of=float, paths=FEATURE_GRAPH),
+    K("grid.points", (), "The values of grid.key, e.g. (1e-3, 3e-3); each "
+      "within grid.key's bounds.", of=float, paths=FEATURE_GRAPH),
 
     # --- mesh ---------------------------------------------------------------
-    K("mesh.data", -1, "Devices on the data axis; -1: all remaining devices."),
+    K("mesh.data", -1, "Devices on the data axis; -1: all remaining devices.",
+      bounds=">= -1"),
     K("mesh.model", 1, "Devices on the model axis.", bounds=_POS),
     K("mesh.rules", (), "Parameter sharding: ((regex, spec), ...); the first "
       "regex that matches a parameter path gives its PartitionSpec (a mesh "
       "axis name or None per dimension); e.g. ((r\".*kernel\", (\"data\", "
       "None)),) is FSDP over data. Unmatched: replicated.",
       paths=END_TO_END),
+    K("mesh.dcn_data", 1, "Slices joined over the data-center network; the "
+      "data axis is split across them (outermost), the rest of the mesh "
+      "lies within each slice. Must divide the data axis.", bounds=_POS),
+    K("mesh.topology", "", "With --dry_run: compile for this TPU topology "
+      "instead of the local devices, e.g. \"v5e:16x16\" or \"v5p:4x4x4\" "
+      "(needs the tpu extra, libtpu); \"\": the local devices. Refused "
+      "when training.", paths=END_TO_END),
 )
 
 BY_PATH = {k.path: k for k in KEYS}

@@ -14,8 +14,6 @@ Rows stay in file order, which the per-user split treats as time order.
 
 from __future__ import annotations
 
-import os
-
 from mmjax.data import raw_source
 from mmjax.errors import MmjaxError
 
@@ -48,14 +46,15 @@ def from_csv(raw_cfg) -> raw_source.RawSource:
       raise MmjaxError(f"{table.where(row)}: column 'kids' is {v!r}, "
                        "expected True or False")
     kids.append(_KIDS[v.lower()])
-  image_root = raw_source.resolve(raw_cfg, "image_root")
+  names = [f"{i}.jpg" for i in images]
   where = [table.where(r) for r in range(len(table.rows))]
   return raw_source.RawSource(
       items_file=table.path,
       item_ids=images,
       item_text=[caption(l, k) for l, k in
                  zip(table.required("label", key), kids)],
-      image_paths=[os.path.join(image_root, f"{i}.jpg") for i in images],
+      image_paths=raw_source.image_paths(raw_cfg, names),
+      image_names=names,
       item_where=where,
       interactions_file=table.path,
       users=table.required("sender_id", key),

@@ -46,13 +46,21 @@ class TextTokenizer:
     self.__init__(state["path"], state["max_len"])
 
 
+# One of these must be in an HF folder: without them transformers builds a
+# tokenizer of the special tokens alone, and every word becomes [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
 def _hf_tokenizer(path: str):
   """A fast tokenizer from an HF folder; never touches the network."""
   import transformers
+  if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+    raise MmjaxError(f"{path}: no tokenizer files ({' or '.join(TOKENIZER_FILES)})")
   try:
     tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-  except (OSError, ValueError) as e:
-    raise MmjaxError(f"{path}: cannot load its tokenizer ({e})") from None
+  except Exception as e:  # tokenizers raises a bare Exception on bad JSON.
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise MmjaxError(f"{path}: cannot load its tokenizer ({message})") from None
   if not tok.is_fast or tok.pad_token is None or tok.mask_token is None:
     raise MmjaxError(f"{path}: the tokenizer must be a fast tokenizer with "
                      "pad and mask tokens")

@@ -8,13 +8,17 @@ user/item counts are max id + 1; valid/test rows of users without a train
 row (cold-start users) are dropped. Each feature file is a `.npy` matrix
 whose row i describes item i.
 
-Every problem found raises MmjaxError naming the file (and line or row).
+Every problem found raises MmjaxError naming the file (and line or row),
+before anything sized by the ids is allocated: ids must fit int32 and be
+roughly dense (as MMRec's re-indexed 0..N-1 ids are). A UTF-8 byte-order
+mark is accepted; identical rows are dropped and counted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 
 import numpy as np
 
@@ -23,6 +27,10 @@ from mmjax.errors import MmjaxError
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 OPTIONAL_COLUMNS = ("rating", "timestamp")
+ID_MAX = 2**31 - 2   # Ids are int32 and so is the count, max id + 1.
+# An id space this much larger than the rows is a typo or unmapped raw ids:
+# refused before users/items tables of that size are made.
+DENSE_SLACK, DENSE_FACTOR = 1_000_000, 100
 
 
 @dataclasses.dataclass
@@ -34,12 +42,14 @@ class MMRecData:
     features: modality name (feature file stem) -> (N, d) float32.
     num_users, num_items: max id + 1, over all splits.
     dropped_cold: split index -> rows dropped as cold-start users.
+    dropped_repeated: rows dropped as repeats of an earlier identical row.
   """
   pairs: dict[int, np.ndarray]
   features: dict[str, np.ndarray]
   num_users: int
   num_items: int
   dropped_cold: dict[int, int]
+  dropped_repeated: int = 0
 
   def user_items(self, split_id: int) -> list[np.ndarray]:
     """Per user, the items of one split (in file order)."""
@@ -58,8 +68,10 @@ class MMRecData:
                        for s in (TRAIN, VALID, TEST))
     feats = ", ".join(f"{k} {v.shape[1]}-d" for k, v in self.features.items())
     cold = sum(self.dropped_cold.values())
+    again = self.dropped_repeated
     return (f"{self.num_users} users, {self.num_items} items; {counts}"
-            f"{f'; {cold} cold-start rows dropped' if cold else ''}; "
+            f"{f'; {cold} cold-start rows dropped' if cold else ''}"
+            f"{f'; {again} repeated rows dropped' if again else ''}; "
             f"features: {feats or 'none (IDs only)'}")
 
 
@@ -67,7 +79,7 @@ def _read_lines(path: str) -> list[str]:
   if not os.path.isfile(path):
     raise MmjaxError(f"interaction file not found: {path}")
   try:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
       lines = f.read().splitlines()
   except UnicodeDecodeError as e:   # Found by tests/test_fuzz_parsers.py.
     raise MmjaxError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -110,6 +122,9 @@ def _parse_rows(path: str, lines: list[str], cols: dict[str, int]) -> np.ndarray
                        "(userID, itemID, x_label must be integers)") from None
     if row[0] < 0 or row[1] < 0:
       raise MmjaxError(f"{path}:{lineno}: negative id in {line!r}")
+    if max(row[0], row[1]) > ID_MAX:
+      raise MmjaxError(f"{path}:{lineno}: id {max(row[0], row[1])} does not "
+                       f"fit the int32 ids (at most {ID_MAX})")
     if row[2] not in (TRAIN, VALID, TEST):
       raise MmjaxError(f"{path}:{lineno}: x_label={row[2]} must be 0, 1 or 2")
     rows.append(row)
@@ -118,14 +133,34 @@ def _parse_rows(path: str, lines: list[str], cols: dict[str, int]) -> np.ndarray
   return np.asarray(rows, np.int64)
 
 
+def _check_dense(path: str, rows: np.ndarray, column: int, name: str) -> None:
+  """Max id + 1 sizes a table: refuse an id space far beyond the rows."""
+  limit = DENSE_SLACK + DENSE_FACTOR * len(rows)
+  top = int(rows[:, column].max())
+  if top >= limit:
+    raise MmjaxError(
+        f"{path}: {name} {top} is far beyond the {len(rows)} rows (at most "
+        f"{limit - 1}); MMRec ids are 0..N-1, re-index them")
+
+
+def _drop_repeated(rows: np.ndarray) -> tuple[np.ndarray, int]:
+  """Rows without repeats of an earlier identical row, in file order."""
+  _, first = np.unique(rows, axis=0, return_index=True)
+  return rows[np.sort(first)], len(rows) - len(first)
+
+
 def load_features(path: str, num_items: int) -> np.ndarray:
   """(num_items, d) float32 from a .npy file, validated."""
   if not os.path.isfile(path):
     raise MmjaxError(f"feature file not found: {path}")
-  try:
-    x = np.load(path, allow_pickle=False)
-  except (ValueError, OSError) as e:
-    raise MmjaxError(f"{path}: not a readable .npy array ({e})") from None
+  try:   # Memory-mapped: a header's shape is checked before any data is read.
+    x = np.load(path, mmap_mode="r", allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise MmjaxError(f"{path}: not a readable .npy array "
+                     f"({e or type(e).__name__})") from None
+  if not isinstance(x, np.ndarray):
+    x.close()
+    raise MmjaxError(f"{path}: an .npz archive; want one .npy array")
   if x.ndim != 2:
     raise MmjaxError(f"{path}: shape {x.shape}, want 2-d (items, dim)")
   if not np.issubdtype(x.dtype, np.floating):
@@ -150,6 +185,10 @@ def load(data_dir: str, inter_file: str, feature_files=(), feature_dir: str = ""
   path = os.path.join(data_dir, inter_file)
   lines = _read_lines(path)
   rows = _parse_rows(path, lines, _header_columns(path, lines[0]))
+  _check_dense(path, rows, 0, "userID")
+  if not num_items:
+    _check_dense(path, rows, 1, "itemID")
+  rows, repeated = _drop_repeated(rows)
   n_items = int(rows[:, 1].max()) + 1
   if num_items:
     if n_items > num_items:
@@ -175,7 +214,8 @@ def load(data_dir: str, inter_file: str, feature_files=(), feature_dir: str = ""
     features[stem] = load_features(
         os.path.join(feature_dir or data_dir, name), n_items)
   return MMRecData(pairs=pairs, features=features, num_users=int(users.max()) + 1,
-                   num_items=n_items, dropped_cold=dropped)
+                   num_items=n_items, dropped_cold=dropped,
+                   dropped_repeated=repeated)
 
 
 def feature_file_list(value) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ decoding would cost more CPU than the train step on a small machine.
 """
 
 import dataclasses
+import signal
 
 import grain
 from absl import flags
@@ -147,5 +148,12 @@ def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=data_cfg.worker_count))
+        num_workers=data_cfg.worker_count), worker_init_fn=_ignore_ctrl_c)
   return it
+
+
+def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+  """A terminal's Ctrl-C reaches the workers too: the trainer handles it
+  (finishes its step and saves, needing them) and then shuts them down."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)

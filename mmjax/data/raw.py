@@ -13,7 +13,10 @@ same inputs reuses it, and any change to them ingests afresh.
 Errors in the tables (missing file or column, empty text, duplicate item id,
 an interaction naming an unknown item) raise MmjaxError naming file and line.
 A missing or corrupt image is not an error: its item, and the interactions
-naming it, are skipped and counted in one summary line.
+naming it, are skipped and counted in one summary line, as are images
+refused (a path outside the folder), too large or of an unlisted format.
+Repeated interaction rows (same user, item and split) are dropped and
+counted.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from mmjax.errors import MmjaxError
 
 ADAPTERS = {"table": raw_source.from_tables, "clothing": clothing.from_csv}
 # Bump when ingestion changes what it writes for the same inputs.
-INGEST_VERSION = 1
+INGEST_VERSION = 2
 MIN_SPLIT_INTERACTIONS = 3   # A user needs one train, valid and test item.
 
 
@@ -57,6 +60,15 @@ def _interaction_items(src, index) -> np.ndarray:
                        f"the items table {src.items_file}")
     rows[k] = index[item]
   return rows
+
+
+def _first_rows(*columns) -> np.ndarray:
+  """Mask of the rows whose values (across `columns`) are seen the first time."""
+  seen, first = set(), []
+  for row in zip(*columns):
+    first.append(row not in seen)
+    seen.add(row)
+  return np.asarray(first, bool)
 
 
 def _dense(values) -> tuple[np.ndarray, int]:
@@ -91,13 +103,18 @@ def build_catalog(src, raw_cfg) -> tuple[catalog_lib.Catalog, dict]:
   """Validated Catalog of a RawSource, and the report of what was skipped."""
   index = _item_index(src)
   item_rows = _interaction_items(src, index)
-  loaded = image_files.load_images(src.image_paths, raw_cfg.image_size)
+  loaded = image_files.load_images(
+      src.image_paths, raw_cfg.image_size, formats=raw_cfg.image_formats,
+      max_pixels=raw_cfg.max_image_pixels)
   ok = loaded.ok
   if not ok.any():
     raise MmjaxError(f"{src.items_file}: none of its {len(ok)} images could "
-                     f"be read (first: {src.image_paths[0]})")
+                     f"be read (first: {src.image_names[0]}, "
+                     f"{loaded.status[0]})")
   new_id = np.where(ok, np.cumsum(ok) - 1, -1)
-  kept = new_id[item_rows] >= 0
+  first = _first_rows(src.users, src.items, src.splits or [0] * len(src.items))
+  has_image = new_id[item_rows] >= 0
+  kept = has_image & first
   users, num_users = _dense(np.asarray(src.users)[kept])
   if src.splits is not None:
     split = np.asarray(src.splits, np.int8)[kept]
@@ -116,13 +133,16 @@ def build_catalog(src, raw_cfg) -> tuple[catalog_lib.Catalog, dict]:
       item_text=texts, item_images=loaded.pixels,
       interactions=np.stack([users, new_id[item_rows][kept]], 1).astype(np.int32),
       split=split, num_users=num_users, num_items=int(ok.sum())).validate()
-  skipped = [os.path.relpath(p, src.root)
-             for p, keep in zip(src.image_paths, ok) if not keep]
+  skipped = [n for n, keep in zip(src.image_names, ok) if not keep]
   report = dict(
       images=dict(read=int(ok.sum()), missing=loaded.count(image_files.MISSING),
                   corrupt=loaded.count(image_files.CORRUPT),
+                  refused=loaded.count(image_files.REFUSED),
+                  too_large=loaded.count(image_files.TOO_LARGE),
+                  unsupported=loaded.count(image_files.UNSUPPORTED),
                   first_skipped=skipped[:3]),
-      interactions_dropped=int((~kept).sum()),
+      interactions_dropped=int((~has_image & first).sum()),
+      interactions_duplicate=int((~first).sum()),
       split="column" if src.splits is not None else "per-user")
   return catalog, report
 
@@ -141,13 +161,16 @@ def cache_key(src, raw_cfg) -> dict:
     with open(path, "rb") as f:
       tables[os.path.relpath(path, src.root)] = hashlib.sha256(f.read()).hexdigest()
   stats = hashlib.sha256()
-  for path in src.image_paths:
-    try:
-      st = os.stat(path)
-      stamp = f"{st.st_size} {st.st_mtime_ns}"
-    except OSError:
-      stamp = "missing"
-    stats.update(f"{os.path.relpath(path, src.root)} {stamp}\n".encode())
+  for name, path in zip(src.image_names, src.image_paths):
+    if path is None:   # Refused: never looked at.
+      stamp = "refused"
+    else:
+      try:
+        st = os.stat(path)
+        stamp = f"{st.st_size} {st.st_mtime_ns}"
+      except OSError:
+        stamp = "missing"
+    stats.update(f"{name} {stamp}\n".encode())
   options = {k: v for k, v in raw_cfg.to_dict().items() if k != "root"}
   return dict(ingest_version=INGEST_VERSION, options=options, tables=tables,
               images=stats.hexdigest())
@@ -178,16 +201,24 @@ def summary_lines(meta: dict, max_text_len: int) -> list[str]:
   im = r["images"]
   skipped = (f"; e.g. {', '.join(im['first_skipped'])}"
              if im["first_skipped"] else "")
+  others = "".join(
+      f", {im[k]} {what}" for k, what in (
+          ("refused", "refused (outside the data folder)"),
+          ("too_large", "too large (over data.raw.max_image_pixels)"),
+          ("unsupported", "not in data.raw.image_formats"))
+      if im.get(k))
+  duplicates = r.get("interactions_duplicate", 0)
   split = meta["num_interactions"]
   lengths = {int(k): v for k, v in r["text_token_lengths"].items()}
   truncated = sum(v for k, v in lengths.items() if k > max_text_len)
   return [
       f"images: {im['read']} read, {im['missing']} missing, {im['corrupt']} "
-      f"corrupt (skipped{skipped})",
+      f"corrupt{others} (skipped{skipped})",
       f"raw data: {meta['num_items']} items, {meta['num_users']} users, "
       f"{'/'.join(str(split[s]) for s in catalog_lib.SPLIT_NAMES)} "
       f"train/valid/test interactions ({r['split']} split), "
-      f"{r['interactions_dropped']} dropped with skipped images; text: "
+      f"{r['interactions_dropped']} dropped with skipped images"
+      f"{f', {duplicates} repeated rows dropped' if duplicates else ''}; text: "
       f"{truncated} of {meta['num_items']} truncated to max_text_len="
       f"{max_text_len} tokens (longest {max(lengths)})",
   ]

@@ -11,6 +11,11 @@ Both tables are CSV, or tab-separated when named *.tsv / *.inter (MMRec's
 names are configurable (config.data.raw.columns); the optional split column
 holds train/valid/test or MMRec's 0/1/2. Ids stay strings here; `raw.py`
 makes them dense. Every row remembers its "file:line" for error messages.
+Tables are UTF-8, with or without a byte-order mark.
+
+An image path must stay inside image_root after symlinks (an absolute one
+inside config.data.raw.absolute_image_root): `image_paths()` turns any
+other into None, which ingestion counts as refused and never opens.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import csv
 import dataclasses
 import os
 
+from mmjax.data import safe_paths
 from mmjax.errors import MmjaxError
 
 _TAB_SUFFIXES = (".tsv", ".inter")
@@ -64,7 +70,7 @@ def read_table(path: str, key: str) -> Table:
   delimiter = "\t" if path.endswith(_TAB_SUFFIXES) else ","
   rows, lines = [], []
   try:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
       reader = csv.reader(f, delimiter=delimiter)
       header = next(reader, None)
       if not header:
@@ -89,7 +95,8 @@ class RawSource:
   items_file: str
   item_ids: list[str]
   item_text: list[str]
-  image_paths: list[str]        # absolute
+  image_paths: list[str | None]   # real paths; None: refused (outside)
+  image_names: list[str]        # as the table gives them, for reports
   item_where: list[str]         # "file:line" of each item
   interactions_file: str
   users: list[str]
@@ -115,6 +122,13 @@ def data_root(raw_cfg) -> str:
   return os.path.abspath(root)
 
 
+def image_paths(raw_cfg, names: list[str]) -> list[str | None]:
+  """Each image name's real path inside image_root, or None (refused)."""
+  root = resolve(raw_cfg, "image_root")
+  return [safe_paths.inside(root, n, absolute_root=raw_cfg.absolute_image_root)
+          for n in names]
+
+
 def read_splits(table: Table, name: str) -> list[int]:
   out = []
   for row, v in enumerate(table.required(name, "config.data.raw.columns.split")):
@@ -131,13 +145,13 @@ def from_tables(raw_cfg) -> RawSource:
   items = read_table(resolve(raw_cfg, "items_file"), "config.data.raw.items_file")
   inter = read_table(resolve(raw_cfg, "interactions_file"),
                      "config.data.raw.interactions_file")
-  image_root = resolve(raw_cfg, "image_root")
+  images = items.required(cols.image, f"{key}.image")
   return RawSource(
       items_file=items.path,
       item_ids=items.required(cols.item_id, f"{key}.item_id"),
       item_text=items.required(cols.text, f"{key}.text"),
-      image_paths=[os.path.join(image_root, p) for p in
-                   items.required(cols.image, f"{key}.image")],
+      image_paths=image_paths(raw_cfg, images),
+      image_names=images,
       item_where=[items.where(r) for r in range(len(items.rows))],
       interactions_file=inter.path,
       users=inter.required(cols.user_id, f"{key}.user_id"),

@@ -317,6 +317,10 @@ def load_catalog(data_dir: str) -> catalog_lib.Catalog:
   ).validate()
 
 
+# The WordPiece vocabulary the embedded catalog's tokenizer is trained to.
+SYNTHETIC_VOCAB = 1024
+
+
 def cached_dir(kind: str, key: dict, cache_root: str | None = None) -> str:
   """cache_root/<kind>-<hash of key and the format version>.
 
@@ -339,7 +343,7 @@ def ensure_synthetic(
   data_dir = cached_dir("synthetic", {"spec": dataclasses.asdict(spec)},
                         cache_root)
   if not is_data_dir(data_dir):
-    _write(synthetic.generate(spec), data_dir, tokenizer_vocab=1024,
+    _write(synthetic.generate(spec), data_dir, tokenizer_vocab=SYNTHETIC_VOCAB,
            replace=False,
            extra_meta={"synthetic_spec": dataclasses.asdict(spec)})
   return data_dir

@@ -36,7 +36,7 @@ def mmd(x, y, bandwidths=(0.5, 1.0, 2.0, 4.0, 8.0)):
   d = _sq_dists(z, z)
   p = z.shape[0]
   # The diagonal is ~0, so the sum over all entries is the sum over i != j.
-  s = jax.lax.stop_gradient(jnp.sum(d) / (p * (p - 1)))
+  s = jax.lax.stop_gradient(jnp.sum(d) / float(p * (p - 1)))  # No int32 overflow.
   s = jnp.maximum(s, 1e-12)  # All points equal: any positive scale works.
   k = sum(jnp.exp(-d / (2. * sig**2 * s)) for sig in bandwidths)
   return (jnp.mean(k[:n, :n]) + jnp.mean(k[n:, n:])

@@ -8,11 +8,32 @@ the checkpoint's resolution. Weights come through `hf_import`.
 import jax.numpy as jnp
 from flax import nnx
 
+from mmjax.data.features import TextTokenizer
 from mmjax.errors import MmjaxError
 from mmjax.models.encoders import hf_import
 from mmjax.models.encoders.text import MaskedLMHead
 
 image_normalization = hf_import.image_normalization
+
+
+def check_text_folder(path: str) -> dict:
+  """The text folder's config, weights and tokenizer are usable, and every
+  token id has a row in the embedding table. Returns the architecture."""
+  arch = hf_import.check_text_folder(path)
+  tokens = TextTokenizer(path, max_len=8).vocab_size
+  if tokens > arch["vocab_size"]:
+    raise MmjaxError(f"{path}: the tokenizer has {tokens} ids, the embedding "
+                     f"table only {arch['vocab_size']} rows")
+  return arch
+
+
+def check_folders(cfg) -> None:
+  """Every config.model.*.init_from folder, before anything is built: one
+  line naming the file at fault."""
+  if cfg.text.init_from:
+    check_text_folder(cfg.text.init_from)
+  if cfg.image.init_from:
+    hf_import.check_image_folder(cfg.image.init_from)
 
 
 def text_tower(cfg, shapes, rngs: nnx.Rngs):

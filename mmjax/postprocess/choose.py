@@ -25,6 +25,7 @@ import jax
 
 from mmjax.data.catalog import TRAIN
 from mmjax.errors import MmjaxError
+from mmjax.train.atomic import atomic_write
 from mmjax.eval.evaluate import rank, scoring_vectors
 from mmjax.eval.metrics import pad_lists
 from mmjax.eval.retrieval import text_image_retrieval
@@ -86,7 +87,7 @@ def run(cfg, workdir: str, evaluated: dict, *, embedder, params, buffers, catalo
         user_refit.save(workdir, *refit, penalty)
     log(user_refit.describe(report["user_refit"]))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, FILE), "w") as f:
+    with atomic_write(os.path.join(workdir, FILE)) as f:
       json.dump(report, f, indent=2, default=float)   # numpy scalars.
   summary = dict(file=FILE, as_trained_recall_at_20=as_trained)
   for key in ("item_id_table", "user_refit"):

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmjax.train.atomic import atomic_write
+
 TOWER = "tower"        # The label of the candidate without a refit.
 LEARNING_RATE = 0.05
 CHUNK = 1024           # Users per chunk of logits.
@@ -115,9 +117,10 @@ def _fit(users, items, histories, penalty, *, steps, chunk):
 def save(workdir: str, users: np.ndarray, items: np.ndarray, penalty: float) -> None:
   """The chosen refit, for `mmjax.load`: the users' vectors and the items'
   score offsets (the items' other columns are the model's own vectors)."""
-  np.savez(os.path.join(workdir, FILE), users=np.asarray(users, np.float32),
-           item_bias=np.asarray(items, np.float32)[:, -1],
-           penalty=np.float32(penalty))
+  with atomic_write(os.path.join(workdir, FILE), "wb") as f:
+    np.savez(f, users=np.asarray(users, np.float32),
+             item_bias=np.asarray(items, np.float32)[:, -1],
+             penalty=np.float32(penalty))
 
 
 def load(workdir: str) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ import json
 import os
 
 from mmjax.errors import MmjaxError
+from mmjax.train.atomic import atomic_write
 from mmjax.report import diagnostics, figures
 
 _METRICS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "ndcg@50")
@@ -156,7 +157,7 @@ def build_report(model, out_path: str, *, peers: dict | None = None,
       "</body></html>",
   ]
   try:
-    with open(out_path, "w", encoding="utf-8") as f:
+    with atomic_write(out_path, encoding="utf-8") as f:
       f.write("\n".join(parts))
   except OSError as e:
     raise MmjaxError(f"cannot write report {out_path}: {e.strerror}") from None

@@ -32,7 +32,7 @@ from mmjax.errors import MmjaxError
 from mmjax.models import graph as graph_lib
 from mmjax.train import feature_graph_step as fs
 from mmjax.train import reporting
-from mmjax.train.outputs import prepare_workdir, write_outputs
+from mmjax.train.outputs import open_workdir, write_outputs
 
 SELECT = "recall@20"   # MMRec's default valid_metric.
 
@@ -150,9 +150,14 @@ def train_and_evaluate_feature_graph(config, workdir: str, log=print, *,
   `make_evaluator(data, mesh)` returns the evaluator: (users, items) of all
   runs -> (valid, test) metrics, one dict per run."""
   config_lib.validate(config)
-  fcfg = config.feature_graph
   data = load_data(config)
-  workdir = prepare_workdir(workdir)   # After the inputs: bad ones leave nothing.
+  # After the inputs: bad ones leave nothing. One run per workdir.
+  with open_workdir(workdir, log) as workdir:
+    return _train_and_evaluate(config, data, workdir, log, make_evaluator)
+
+
+def _train_and_evaluate(config, data, workdir, log, make_evaluator) -> dict:
+  fcfg = config.feature_graph
   log(f"data: {data.describe()} ({config.data.dir})")
   mesh = mesh_lib.make_mesh(config.mesh)
   evaluator = make_evaluator(data, mesh)
@@ -178,6 +183,8 @@ def train_and_evaluate_feature_graph(config, workdir: str, log=print, *,
       + f"; {shape.num_batches} batches of {shape.batch_size} per epoch")
 
   writer = reporting.MetricsWriter(workdir)
+  if writer.active:   # No resume here: a rerun's curve replaces the old one.
+    reporting.truncate_after(writer.path, 0)
   stop = EarlyStopping(runs, fcfg.patience)
   # Wall and CPU (all threads) seconds: on a shared machine the CPU time
   # tells what the work costs, the wall time what this run got.

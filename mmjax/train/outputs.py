@@ -1,6 +1,7 @@
-"""The run's files outside the checkpoints: the workdir itself, summary.json
-and curves.png."""
+"""The run's files outside the checkpoints: the workdir itself (and its
+lock), summary.json and curves.png."""
 
+import contextlib
 import json
 import os
 
@@ -9,6 +10,8 @@ import numpy as np
 
 from mmjax.errors import MmjaxError
 from mmjax.train import reporting
+from mmjax.train.atomic import atomic_write
+from mmjax.train.workdir_lock import WorkdirLock
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -25,6 +28,28 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
+def check_workdir_free(workdir: str) -> None:
+  """MmjaxError now if another live run holds the workdir (before the
+  setup; `open_workdir` takes the lock after it)."""
+  # Process 0 holds the lock of a multi-process run. A single process asks
+  # no backend: a refusal starts no device.
+  if not jax.distributed.is_initialized() or jax.process_index() == 0:
+    WorkdirLock(os.path.abspath(workdir)).check_free()
+
+
+@contextlib.contextmanager
+def open_workdir(workdir: str, log=print):
+  """`with open_workdir(w) as workdir:` creates the workdir and holds its
+  lock while inside (one run per workdir); released however the block ends.
+  Process 0 holds it for a multi-process run."""
+  workdir = prepare_workdir(workdir)
+  if jax.process_index() != 0:
+    yield workdir
+    return
+  with WorkdirLock(workdir, log):
+    yield workdir
+
+
 def jsonable(x):
   """`json.dump`'s default for NumPy scalars, tuples and sets."""
   if isinstance(x, (np.integer, np.floating)):
@@ -38,7 +63,7 @@ def write_outputs(workdir: str, summary: dict, metrics_path: str, formatter,
                   log) -> None:
   """summary.json, curves.png and the printed table (process 0 only)."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
+    with atomic_write(os.path.join(workdir, "summary.json")) as f:
       json.dump(summary, f, indent=2, default=jsonable)
     reporting.plot_curves(metrics_path, os.path.join(workdir, "curves.png"))
     log(formatter(summary))

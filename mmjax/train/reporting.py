@@ -7,6 +7,9 @@ import os
 import jax
 import numpy as np
 
+from mmjax.errors import MmjaxError
+from mmjax.train.atomic import atomic_write
+
 
 class MetricsWriter:
   """Appends one JSON object per logged step and mirrors it to TensorBoard.
@@ -53,19 +56,37 @@ class ExampleIdLog:
       f.write(json.dumps(row) + "\n")
 
 
-def truncate_after(path: str, step: int) -> None:
-  """Drops rows past `step` (a resumed run rewrites them, never duplicates)."""
+def truncate_after(path: str, step: int, log=None) -> None:
+  """Drops rows past `step` (a resumed run rewrites them, never duplicates)
+  and a torn last line (warned about through `log`)."""
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(path, "w") as f:
-    f.writelines(rows)
+  rows = [r for r in read_metrics(path, log) if r["step"] <= step]
+  with atomic_write(path) as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def read_metrics(path: str) -> list[dict]:
+def read_metrics(path: str, log=None) -> list[dict]:
+  """The rows of a JSON-lines file (metrics.jsonl, example_ids.*.jsonl).
+
+  A torn last line (its writer was killed mid-line) is skipped, with a
+  warning through `log` if given; a bad line before the last one is
+  damage, not a torn write: MmjaxError naming the file and line.
+  """
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+  rows = []
+  for i, (n, line) in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      if i < len(lines) - 1:
+        raise MmjaxError(f"{path}: line {n} is not JSON (the file is damaged; "
+                         "delete that line)") from None
+      if log is not None:
+        log(f"WARNING: dropped the torn last line {n} of {path} (its writer "
+            "stopped mid-line)")
+  return rows
 
 
 def plot_curves(metrics_path: str, out_path: str) -> None:
@@ -89,5 +110,9 @@ def plot_curves(metrics_path: str, out_path: str) -> None:
   for ax in list(axes.flat)[len(keys):]:
     ax.axis("off")
   fig.tight_layout()
-  fig.savefig(out_path, dpi=90)
+  if isinstance(out_path, str):
+    with atomic_write(out_path, "wb") as f:
+      fig.savefig(f, format="png", dpi=90)
+  else:   # A buffer.
+    fig.savefig(out_path, format="png", dpi=90)
   plt.close(fig)

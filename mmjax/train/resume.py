@@ -1,29 +1,35 @@
 """Resuming a workdir: the config it was trained with, and the newest good checkpoint.
 
-Each run stores its resolved config as `<workdir>/config.json`. A rerun first
-compares the parameter shapes of the newest checkpoint with the ones the new
-config builds; if they differ it refuses, naming the config keys that changed
-(a silent partial restore would be worse than no resume). A checkpoint that
+Each run stores its resolved config as `<workdir>/config.json` and what its
+example stream depends on (batch size, seed, a fingerprint of the catalog)
+as `<workdir>/run_identity.json`. A rerun refuses to resume when any of
+those changed, naming them, unless `train.allow_resume_change` lists them;
+and when `train.steps` is below the checkpoint's step. It then compares the
+parameter shapes of the newest checkpoint with the ones the new config
+builds; if they differ it refuses, naming the config keys that changed (a
+silent partial restore would be worse than no resume). A checkpoint that
 cannot be read (truncated, corrupted) is moved aside with a warning and the
 previous one is tried.
 """
 
+import hashlib
 import json
 import os
 
 import jax
+import numpy as np
 
+from mmjax.config.schema import RESUME_CHANGES
 from mmjax.errors import MmjaxError
+from mmjax.train.atomic import atomic_write
 
 CONFIG_FILE = "config.json"
+IDENTITY_FILE = "run_identity.json"
 
 
 def save_config(workdir: str, config) -> None:
-  """Writes config.json atomically (temp file + rename)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w") as f:
+  with atomic_write(os.path.join(workdir, CONFIG_FILE)) as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
 
 
 def load_config(workdir: str) -> dict | None:
@@ -32,6 +38,57 @@ def load_config(workdir: str) -> dict | None:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def catalog_fingerprint(catalog) -> str:
+  """A digest of the items and the split interactions."""
+  h = hashlib.blake2b(digest_size=16)
+  h.update(f"{catalog.num_users} {catalog.num_items}".encode())
+  for a in (catalog.interactions, catalog.split, catalog.item_images):
+    h.update(np.ascontiguousarray(a).tobytes())
+  h.update("\0".join(catalog.item_text).encode())
+  return h.hexdigest()
+
+
+def run_identity(config, catalog, data_dir: str) -> dict:
+  """What a resumed run must share with the checkpoint's, by the names
+  `train.allow_resume_change` takes (schema.RESUME_CHANGES)."""
+  return {"train.batch_size": int(config.train.batch_size), "seed": int(config.seed),
+          "data": {"fingerprint": catalog_fingerprint(catalog), "dir": data_dir}}
+
+
+def save_identity(workdir: str, identity: dict) -> None:
+  with atomic_write(os.path.join(workdir, IDENTITY_FILE)) as f:
+    json.dump(identity, f, indent=2)
+
+
+def _changed(key: str, old, new) -> str | None:
+  """How `key` changed, or None."""
+  if key == "data":
+    if old.get("fingerprint") == new["fingerprint"]:
+      return None
+    return f"data (another catalog: {old.get('dir')} -> {new['dir']})"
+  return None if old == new else f"{key} ({old} -> {new})"
+
+
+def check_identity(workdir: str, identity: dict, allowed, step: int) -> None:
+  """MmjaxError naming what changed since the run of checkpoint `step`,
+  except the names in `allowed`. A workdir without the record (older runs)
+  passes."""
+  path = os.path.join(workdir, IDENTITY_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  keys = [k for k in RESUME_CHANGES
+          if k in old and k not in allowed and _changed(k, old[k], identity[k])]
+  if keys:
+    names = ",".join(keys)
+    raise MmjaxError(
+        f"refusing to resume checkpoint {step} in {workdir}: changed since it "
+        f"was trained: {', '.join(_changed(k, old[k], identity[k]) for k in keys)}; "
+        "use the original values, another --workdir, or "
+        "--config.train.allow_resume_change=" + names)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -79,13 +136,18 @@ def shape_mismatches(saved: dict, expected: dict) -> list[str]:
   return out
 
 
-def restore_newest_good(ckpt, state, data_iterator, config, workdir, log):
+def restore_newest_good(ckpt, state, data_iterator, config, workdir, log, *,
+                        identity: dict | None = None):
   """Restores the newest readable checkpoint; `state` unchanged if none exists.
 
-  MmjaxError if the checkpoints were written with incompatible shapes, or if
-  none of them can be read.
+  MmjaxError if `identity` (`run_identity`) differs from the checkpoints'
+  run, if config.train.steps is below the restored step, if the
+  checkpoints were written with incompatible shapes, or if none of them
+  can be read.
   """
   steps = sorted(ckpt.all_steps(), reverse=True)
+  if steps and identity is not None:
+    check_identity(workdir, identity, config.train.allow_resume_change, steps[0])
   expected = leaf_shapes(state)
   for step in steps:
     try:
@@ -96,6 +158,11 @@ def restore_newest_good(ckpt, state, data_iterator, config, workdir, log):
     bad = shape_mismatches(saved, expected)
     if bad:
       raise MmjaxError(_incompatible_message(workdir, config, step, bad))
+    if config.train.steps < step:
+      raise MmjaxError(
+          f"config.train.steps={config.train.steps} is below step {step} of the "
+          f"checkpoint in {ckpt.directory}: set train.steps >= {step}, or use "
+          "another --workdir")
     try:
       state = ckpt.restore(state, data_iterator, step=step)
     except Exception as e:

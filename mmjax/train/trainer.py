@@ -2,11 +2,12 @@
 
 `setup` builds what training needs (data, mesh, model state), `train` runs
 the steps (resuming from the newest checkpoint, saving on schedule and on
-SIGTERM), `dry_run` only compiles the step. Evaluating the trained state is
-the caller's part (`mmjax.run`).
+SIGTERM or Ctrl-C). Evaluating the trained state is the caller's part
+(`mmjax.run`); the dry run is `mmjax.train.aot`.
 """
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ from mmjax import mesh as mesh_lib
 from mmjax.data import store
 from mmjax.data.pipeline import text_tokenizer, train_dataset
 from mmjax.data.resolve import resolve_data_dir
+from mmjax.models import pretrained
 from mmjax.models.model import DataShapes, build_model
 from mmjax.train import guard
 from mmjax.train import preemption
@@ -26,7 +28,6 @@ from mmjax.train import resume
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.cost import step_flops
 from mmjax.train.optimizer import learning_rate, make_optimizer
-from mmjax.train.outputs import prepare_workdir
 from mmjax.train.step import (init_state, make_multi_step, make_train_step,
                               state_shardings, with_item_memory)
 
@@ -55,17 +56,19 @@ class Trained:
   stats: dict           # steps, resumed_from, seconds, examples_per_sec, flops_per_step
   metrics_path: str
   preempted_at: int | None = None
+  preempted_by: str | None = None   # "SIGTERM" or "SIGINT" (Ctrl-C).
 
 
 def setup(config, workdir: str, log=print, *, dry_run: bool = False,
           check_catalog: Callable | None = None) -> Setup:
   """Loads the data, makes the mesh, builds the model and its sharded state.
 
-  The workdir is created only once the inputs are known good (a bad input
-  leaves none behind), and not at all for a dry run; `check_catalog(catalog)`
-  may reject the catalog before that.
+  Creates no workdir: the caller opens it (`outputs.open_workdir`, which
+  also takes its lock) once this has succeeded, so a bad input leaves none
+  behind. `check_catalog(catalog)` may reject the catalog.
   """
   started = time.time()
+  pretrained.check_folders(config.model)   # Before any data work.
   data_dir = resolve_data_dir(config.data, log)
   catalog = store.load_catalog(data_dir)
   if check_catalog is not None:
@@ -74,7 +77,7 @@ def setup(config, workdir: str, log=print, *, dry_run: bool = False,
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.check_batch_size(config.train.batch_size, mesh)
   if not dry_run:
-    workdir = prepare_workdir(workdir)
+    workdir = os.path.abspath(workdir)
   log(f"data: {catalog.num_items} items, {catalog.num_users} users, "
       f"{len(catalog.interactions)} interactions ({data_dir})")
   log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
@@ -138,22 +141,6 @@ def _report_compiled(compiled, log) -> float:
   return flops
 
 
-def dry_run(s: Setup, log=print) -> dict:
-  """Lowers and compiles the step for the configured mesh; trains nothing."""
-  step_fn, _ = _step_programs(s)
-  local = next(iter(_dataset(s)))
-  t0 = time.time()
-  compiled = step_fn.lower(s.state, mesh_lib.global_batch(local, s.mesh)).compile()
-  flops = _report_compiled(compiled, log)
-  mem = compiled.memory_analysis()
-  names = ("argument", "output", "temp", "alias", "generated_code")
-  memory = ({n: int(getattr(mem, f"{n}_size_in_bytes")) for n in names}
-            if mem is not None else {})
-  log(f"dry run: compiled in {time.time() - t0:.1f}s; nothing trained")
-  return dict(dry_run=True, flops_per_step=flops, mesh=dict(s.mesh.shape),
-              memory_bytes_per_device=memory)
-
-
 def _call_length(step: int, total: int, per_call: int, checkpoint_every: int) -> int:
   """Steps in the call that starts after `step`: train.steps_per_call, cut
   so that every call ends at or before the next checkpoint and the end."""
@@ -197,16 +184,20 @@ def train(s: Setup, log=print, *, item_vectors: Callable | None = None) -> Train
   data_iter = iter(_dataset(s))
   ckpt = Checkpointer(workdir, every=config.train.checkpoint_every,
                       keep=config.train.keep_checkpoints)
-  state = resume.restore_newest_good(ckpt, state, data_iter, config, workdir, log)
+  identity = resume.run_identity(config, s.catalog, s.data_dir)
+  state = resume.restore_newest_good(ckpt, state, data_iter, config, workdir, log,
+                                     identity=identity)
   if jax.process_index() == 0:
     resume.save_config(workdir, config)
+    resume.save_identity(workdir, identity)
   start = int(state["step"])
   nan_policy = guard.NanPolicy.from_config(config.train, int(state["skipped"]))
   id_log = (reporting.ExampleIdLog(workdir, start)
             if config.train.log_example_ids else None)
   writer = reporting.MetricsWriter(workdir)
   if writer.active:
-    reporting.truncate_after(writer.path, start)   # Rows past the checkpoint.
+    # Rows past the checkpoint, and a line torn by a killed run.
+    reporting.truncate_after(writer.path, start, log)
 
   total, per_call = config.train.steps, config.train.steps_per_call
   # A finished run (start == total) only re-evaluates: one batch to compile for.
@@ -227,8 +218,10 @@ def train(s: Setup, log=print, *, item_vectors: Callable | None = None) -> Train
   t_loop = time.time()
   preempted_at = None
   step = start
-  with preemption.SigtermFlag() as sigterm:
+  with preemption.StopFlag() as stop:
     while step < total:
+      stop.unsaved = ("the steps since the newest complete checkpoint were not "
+                      f"saved; a rerun resumes from it ({ckpt.directory})")
       k = _call_length(step, total, per_call, config.train.checkpoint_every)
       if step > start:
         locals_ = [next(data_iter) for _ in range(k)]
@@ -264,9 +257,12 @@ def train(s: Setup, log=print, *, item_vectors: Callable | None = None) -> Train
         ckpt.wait()
         raise nan_policy.error(failed_at, saved_at=step)
       saved = ckpt.save(step, state, data_iter, force=step == total)
-      if sigterm.requested:
+      if stop.requested:   # The save waits for one still in flight.
         if not saved:
           ckpt.save(step, state, data_iter, force=True)
+        stop.unsaved = (f"the checkpoint of step {step} was not finished; a rerun "
+                        f"resumes from the newest complete one ({ckpt.directory})")
+        ckpt.wait()
         preempted_at = step
         break
   if bar is not None:
@@ -276,10 +272,12 @@ def train(s: Setup, log=print, *, item_vectors: Callable | None = None) -> Train
   ckpt.close()
   writer.close()
   if preempted_at is not None:
-    log(f"preempted (SIGTERM): saved checkpoint at step {preempted_at} in "
+    how = ("interrupted (Ctrl-C)" if stop.requested == "SIGINT"
+           else "preempted (SIGTERM)")
+    log(f"{how}: saved checkpoint at step {preempted_at} in "
         f"{ckpt.directory}; rerun the same command to resume")
   stats = dict(steps=total, resumed_from=start, seconds=seconds,
                examples_per_sec=examples / max(seconds, 1e-9) if examples else 0.0,
                flops_per_step=flops)
   return Trained(state=state, stats=stats, metrics_path=writer.path,
-                 preempted_at=preempted_at)
+                 preempted_at=preempted_at, preempted_by=stop.requested)

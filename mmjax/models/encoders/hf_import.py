@@ -22,9 +22,11 @@ import re
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
+from mmjax.data import safe_paths
 from mmjax.errors import MmjaxError
+from mmjax.models.encoders.attention import activation_fn
 from mmjax.models.encoders.hf_mapping import (Entry, bert_mapping,
                                               clip_vision_mapping,
                                               mlm_head_mapping, vit_mapping)
@@ -102,34 +104,75 @@ def export_state_dict(module: nnx.Module,
 # ---------------------------------------------------------------- folders
 
 
+def _read_json_object(file: str) -> dict:
+  try:
+    with open(file, encoding='utf-8') as f:
+      value = json.load(f)
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise MmjaxError(f'{file}: invalid JSON ({e})') from None
+  if not isinstance(value, dict):
+    raise MmjaxError(f'{file}: expected a JSON object')
+  return value
+
+
 def read_config(path: str) -> dict:
   """`config.json` of an HF checkpoint folder."""
   file = os.path.join(path, 'config.json')
   if not os.path.isfile(file):
     raise MmjaxError(f'{path}: not an HF checkpoint folder (no config.json)')
+  return _read_json_object(file)
+
+
+def weight_files(path: str) -> list[str]:
+  """The folder's safetensors file(s): the shards its index names, or
+  `model.safetensors`."""
+  index = os.path.join(path, 'model.safetensors.index.json')
+  if os.path.isfile(index):
+    weight_map = _read_json_object(index).get('weight_map')
+    if (not isinstance(weight_map, dict) or not weight_map or not all(
+        isinstance(v, str) for v in weight_map.values())):
+      raise MmjaxError(f'{index}: expected "weight_map": {{tensor: file, ...}}')
+    names = sorted(set(weight_map.values()))
+    # A shard the index names outside the folder is refused, never opened.
+    files = [safe_paths.require_inside(path, n, index) for n in names]
+    for file in files:
+      if not os.path.isfile(file):
+        raise MmjaxError(f'{index}: names {file}, which does not exist')
+    return files
+  if os.path.isfile(os.path.join(path, 'model.safetensors')):
+    return [os.path.join(path, 'model.safetensors')]
+  raise MmjaxError(f'{path}: no model.safetensors (PyTorch .bin checkpoints '
+                   'are not read; re-save with safe_serialization=True)')
+
+
+def _open_weights(file: str):
   try:
-    with open(file) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise MmjaxError(f'{file}: invalid JSON ({e})') from None
+    return safe_open(file, framework='numpy')
+  except (OSError, SafetensorError) as e:
+    raise MmjaxError(f'{file}: not a readable safetensors file ({e})') from None
+
+
+def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
+  """Every tensor's shape, from the safetensors headers alone (which
+  safe_open checks against the file's size: a truncated file fails here)."""
+  out = {}
+  for file in weight_files(path):
+    with _open_weights(file) as f:
+      for key in f.keys():
+        out[key] = tuple(f.get_slice(key).get_shape())
+  return out
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """Every tensor of the folder's safetensors file(s), as numpy arrays."""
-  index = os.path.join(path, 'model.safetensors.index.json')
-  if os.path.isfile(index):
-    with open(index) as f:
-      files = sorted(set(json.load(f)['weight_map'].values()))
-  elif os.path.isfile(os.path.join(path, 'model.safetensors')):
-    files = ['model.safetensors']
-  else:
-    raise MmjaxError(f'{path}: no model.safetensors (PyTorch .bin checkpoints '
-                     'are not read; re-save with safe_serialization=True)')
   out = {}
-  for name in files:
-    with safe_open(os.path.join(path, name), framework='numpy') as f:
+  for file in weight_files(path):
+    with _open_weights(file) as f:
       for key in f.keys():
-        out[key] = f.get_tensor(key)
+        try:
+          out[key] = f.get_tensor(key)
+        except SafetensorError as e:
+          raise MmjaxError(f'{file}: cannot read tensor {key!r} ({e})') from None
   return out
 
 
@@ -155,6 +198,8 @@ def _arch_config(path: str, allowed: tuple[str, ...]) -> tuple[str, dict]:
   kind = cfg.get('model_type')
   if kind == 'clip' and 'clip_vision_model' in allowed:
     kind, cfg = 'clip_vision_model', cfg.get('vision_config', {})
+    if not isinstance(cfg, dict):
+      raise MmjaxError(f'{path}/config.json: vision_config is not an object')
   if kind not in allowed:
     raise MmjaxError(f'{path}/config.json: model_type={kind!r} is not '
                      f'supported here; supported: {allowed} (or clip)')
@@ -179,18 +224,56 @@ def _require(path: str, cfg: dict, key: str, allowed) -> None:
                      f'(only {allowed})')
 
 
+def _size(path: str, cfg: dict, key: str, default=None) -> int:
+  """A positive integer of config.json; one line naming the file if not."""
+  value = cfg.get(key, default)
+  if value is None:
+    raise MmjaxError(f'{path}/config.json: no {key!r}')
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise MmjaxError(f'{path}/config.json: {key}={value!r} is not a positive '
+                     'integer')
+  return value
+
+
+def _eps(path: str, cfg: dict, default: float) -> float:
+  value = cfg.get('layer_norm_eps', default)
+  if (isinstance(value, bool) or not isinstance(value, (int, float))
+      or not 0 < value < 1):
+    raise MmjaxError(f'{path}/config.json: layer_norm_eps={value!r} is not a '
+                     'number in (0, 1)')
+  return value
+
+
+def _activation(path: str, cfg: dict, default: str) -> str:
+  name = cfg.get('hidden_act', default)
+  try:
+    activation_fn(name)
+  except (TypeError, ValueError) as e:   # TypeError: not even a string.
+    raise MmjaxError(f'{path}/config.json: hidden_act={name!r} is not '
+                     f'supported ({e})') from None
+  return name
+
+
+def _check_heads(path: str, hidden: int, heads: int) -> None:
+  if hidden % heads:
+    raise MmjaxError(f'{path}/config.json: hidden_size={hidden} is not a '
+                     f'multiple of num_attention_heads={heads}')
+
+
 def text_config_from_hf(path: str) -> dict:
   """`BertEncoder` keyword arguments for a BERT-family folder."""
   _, cfg = _arch_config(path, ('bert',))
   _require(path, cfg, 'position_embedding_type', ('absolute',))
-  return dict(vocab_size=cfg['vocab_size'], hidden=cfg['hidden_size'],
-              layers=cfg['num_hidden_layers'],
-              heads=cfg['num_attention_heads'],
-              mlp_dim=cfg['intermediate_size'],
-              max_len=cfg['max_position_embeddings'],
-              type_vocab=cfg.get('type_vocab_size', 2),
-              ln_eps=cfg.get('layer_norm_eps', 1e-12),
-              activation=cfg.get('hidden_act', 'gelu'))
+  size = lambda key, default=None: _size(path, cfg, key, default)
+  _check_heads(path, size('hidden_size'), size('num_attention_heads'))
+  return dict(vocab_size=size('vocab_size'), hidden=size('hidden_size'),
+              layers=size('num_hidden_layers'),
+              heads=size('num_attention_heads'),
+              mlp_dim=size('intermediate_size'),
+              max_len=size('max_position_embeddings'),
+              type_vocab=size('type_vocab_size', 2),
+              ln_eps=_eps(path, cfg, 1e-12),
+              activation=_activation(path, cfg, 'gelu'))
 
 
 def image_config_from_hf(path: str) -> dict:
@@ -203,15 +286,21 @@ def image_config_from_hf(path: str) -> dict:
   if not clip:
     _require(path, cfg, 'qkv_bias', (True,))
     _require(path, cfg, 'pooler_act', ('tanh',))
-  return dict(image_size=cfg.get('image_size', 224),
-              patch_size=cfg.get('patch_size', 32 if clip else 16),
-              hidden=cfg.get('hidden_size', 768),
-              layers=cfg.get('num_hidden_layers', 12),
-              heads=cfg.get('num_attention_heads', 12),
-              mlp_dim=cfg.get('intermediate_size', 3072),
-              channels=cfg.get('num_channels', 3),
-              ln_eps=cfg.get('layer_norm_eps', 1e-5 if clip else 1e-12),
-              activation=cfg.get('hidden_act', 'quick_gelu' if clip else 'gelu'),
+  size = lambda key, default: _size(path, cfg, key, default)
+  _check_heads(path, size('hidden_size', 768), size('num_attention_heads', 12))
+  image, patch = size('image_size', 224), size('patch_size', 32 if clip else 16)
+  if image % patch:
+    raise MmjaxError(f'{path}/config.json: image_size={image} is not a '
+                     f'multiple of patch_size={patch}')
+  return dict(image_size=size('image_size', 224),
+              patch_size=size('patch_size', 32 if clip else 16),
+              hidden=size('hidden_size', 768),
+              layers=size('num_hidden_layers', 12),
+              heads=size('num_attention_heads', 12),
+              mlp_dim=size('intermediate_size', 3072),
+              channels=size('num_channels', 3),
+              ln_eps=_eps(path, cfg, 1e-5 if clip else 1e-12),
+              activation=_activation(path, cfg, 'quick_gelu' if clip else 'gelu'),
               pre_norm=clip, patch_bias=not clip, norm_tokens=not clip)
 
 
@@ -220,14 +309,37 @@ def image_normalization(path: str) -> tuple[tuple, tuple]:
   kind, _ = _arch_config(path, ('vit', 'clip_vision_model'))
   file = os.path.join(path, 'preprocessor_config.json')
   if os.path.isfile(file):
-    with open(file) as f:
-      pre = json.load(f)
+    pre = _read_json_object(file)
     if 'image_mean' in pre and 'image_std' in pre:
       return tuple(pre['image_mean']), tuple(pre['image_std'])
   if kind == 'clip_vision_model':
     from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     return tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD)
   return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)   # HF ViTImageProcessor defaults.
+
+
+def check_text_folder(path: str) -> dict:
+  """What `load_text_encoder` reads, checked without building anything:
+  config.json, every weight file's header, and the word-embedding table's
+  rows against config.json's vocab_size. Returns the architecture."""
+  arch = text_config_from_hf(path)
+  shapes = {k.removeprefix(_ARCHS['bert'].prefix): v
+            for k, v in tensor_shapes(path).items()}
+  table = shapes.get('embeddings.word_embeddings.weight')
+  if table is None:
+    raise MmjaxError(f'{path}: no embeddings.word_embeddings.weight tensor')
+  if table[0] != arch['vocab_size']:
+    raise MmjaxError(f'{path}: the word-embedding table has {table[0]} rows, '
+                     f"config.json's vocab_size is {arch['vocab_size']}")
+  return arch
+
+
+def check_image_folder(path: str) -> dict:
+  """What `load_image_encoder` reads, checked without building anything:
+  config.json and every weight file's header. Returns the architecture."""
+  arch = image_config_from_hf(path)
+  tensor_shapes(path)
+  return arch
 
 
 def load_text_encoder(path: str, *, pooling: str = 'cls',
