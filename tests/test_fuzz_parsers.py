@@ -10,7 +10,7 @@ from mmjax.config import default_config
 from mmjax.data import mmrec, raw
 from mmjax.errors import MmjaxError
 
-FUZZ = settings(max_examples=150, deadline=None,
+FUZZ = settings(max_examples=int(os.environ.get("MMJAX_FUZZ_EXAMPLES", 150)), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # Fields that are almost right are where parsers break: ids, near-ids, names.
@@ -70,3 +70,35 @@ def test_items_table_parser(tmp_path, items, header):
     return raw.build_catalog(src, cfg)   # Images are missing: an MmjaxError.
 
   _parses_or_mmjax_error(ingest)
+
+
+def _valid_npy(rows: int) -> bytes:
+  import io
+  import numpy as np
+  buf = io.BytesIO()
+  np.save(buf, np.arange(rows * 3, dtype=np.float32).reshape(rows, 3))
+  return buf.getvalue()
+
+
+@FUZZ
+@given(data=st.data())
+def test_feature_file_parser(tmp_path, data):
+  """A valid .npy truncated, with bytes flipped or replaced, or arbitrary
+  bytes: loads as a consistent matrix or is one MmjaxError."""
+  good = _valid_npy(4)
+  how = data.draw(st.sampled_from(["truncate", "flip", "replace", "bytes"]))
+  if how == "truncate":
+    blob = good[:data.draw(st.integers(0, len(good) - 1))]
+  elif how == "flip":
+    i = data.draw(st.integers(0, len(good) - 1))
+    blob = good[:i] + bytes([good[i] ^ data.draw(st.integers(1, 255))]) + good[i + 1:]
+  elif how == "replace":
+    i = data.draw(st.integers(0, len(good) - 1))
+    blob = good[:i] + data.draw(st.binary(min_size=1, max_size=16)) + good[i + 1:]
+  else:
+    blob = data.draw(st.binary(max_size=200))
+  path = tmp_path / "feat.npy"
+  path.write_bytes(blob)
+  got = _parses_or_mmjax_error(lambda: mmrec.load_features(str(path), 4))
+  if got is not None:
+    assert got.shape[0] == 4 and got.dtype.name == "float32"

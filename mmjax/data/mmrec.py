@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tokenize
 import zipfile
 
 import numpy as np
@@ -155,7 +156,8 @@ def load_features(path: str, num_items: int) -> np.ndarray:
     raise MmjaxError(f"feature file not found: {path}")
   try:   # Memory-mapped: a header's shape is checked before any data is read.
     x = np.load(path, mmap_mode="r", allow_pickle=False)
-  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+  except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError,
+          zipfile.BadZipFile) as e:   # A garbled header fails numpy's parser.
     raise MmjaxError(f"{path}: not a readable .npy array "
                      f"({e or type(e).__name__})") from None
   if not isinstance(x, np.ndarray):
