@@ -59,7 +59,7 @@ class Trained:
   preempted_by: str | None = None   # "SIGTERM" or "SIGINT" (Ctrl-C).
 
 
-def setup(config, workdir: str, log=print, *, dry_run: bool = False,
+def setup(config, workdir: str, log=print, *,
           check_catalog: Callable | None = None) -> Setup:
   """Loads the data, makes the mesh, builds the model and its sharded state.
 
@@ -76,8 +76,7 @@ def setup(config, workdir: str, log=print, *, dry_run: bool = False,
   tokenizer = text_tokenizer(data_dir, config)   # A pretrained tower's own.
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.check_batch_size(config.train.batch_size, mesh)
-  if not dry_run:
-    workdir = os.path.abspath(workdir)
+  workdir = os.path.abspath(workdir)
   log(f"data: {catalog.num_items} items, {catalog.num_users} users, "
       f"{len(catalog.interactions)} interactions ({data_dir})")
   log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
