@@ -108,5 +108,5 @@ def format_summary(s: dict) -> str:
     lines.append("  " + choose.describe(s["postprocess"]))
   t = s["train"]
   lines.append(f"  train: {t['steps']} steps, {t['examples_per_sec']:.0f} ex/s, "
-               f"{t['seconds']:.0f}s")
+               f"{t['seconds']:.0f}s, waiting for data {t.get('data_wait_share', 0):.0%}")
   return "\n".join(lines)

@@ -41,6 +41,8 @@ def test_run_writes_the_contract_files(run):
   assert [r["step"] for r in rows] == [2, 4, 6]
   for r in rows:
     assert {"loss", *TERMS} <= set(r) and np.isfinite(r["loss"])
+    assert 0.0 <= r["data_wait_share"] <= 1.0
+  assert 0.0 <= on_disk["train"]["data_wait_share"] <= 1.0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
@@ -56,7 +58,7 @@ def test_steps_per_call_trains_the_same_steps(run, tmp_path):
   cfg.train.steps_per_call = 2
   lines = []
   got = train_and_evaluate(cfg, str(tmp_path), log=lines.append)
-  drop = lambda r: {k: v for k, v in r.items() if k != "examples_per_sec"}
+  drop = lambda r: {k: v for k, v in r.items() if k not in runs.TIMINGS}
   want_rows = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))[:3]
   got_rows = reporting.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
   assert [r["step"] for r in got_rows] == [2, 4, 6]

@@ -11,6 +11,8 @@ import orbax.checkpoint as ocp
 from mmjax.train import reporting
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Logged fields that time the run: they differ between identical runs.
+TIMINGS = ("examples_per_sec", "data_wait_share")
 ROOT = os.path.dirname(HERE)
 
 

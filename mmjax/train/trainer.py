@@ -211,10 +211,13 @@ def train(s: Setup, log=print, *, item_vectors: Callable | None = None) -> Train
   log(f"setup {t0 - s.started:.1f}s, compile {time.time() - t0:.1f}s")
 
   pending, seconds, examples, bar = [], 0.0, 0, None
+  # Host time blocked on the input pipeline: the device idles meanwhile,
+  # since each call's metrics are fetched before the next batch is.
+  waited = waited_since_log = 0.0
   if start < total:
     bar = tqdm(total=total, initial=start, desc="train", unit="step",
                dynamic_ncols=True, disable=jax.process_index() != 0)
-  t_loop = time.time()
+  t_loop = t_log = time.time()
   preempted_at = None
   step = start
   with preemption.StopFlag() as stop:
@@ -223,8 +226,10 @@ def train(s: Setup, log=print, *, item_vectors: Callable | None = None) -> Train
                       f"saved; a rerun resumes from it ({ckpt.directory})")
       k = _call_length(step, total, per_call, config.train.checkpoint_every)
       if step > start:
+        t_wait = time.time()
         locals_ = [next(data_iter) for _ in range(k)]
         batch = _global(locals_, mesh)
+        waited_since_log += time.time() - t_wait
       program = compiled if k == first else _program(step_fn, multi_fn, k)
       state, metrics = program(state, batch)
       # One host sync per call; the NaN policy still sees every step.
@@ -244,9 +249,13 @@ def train(s: Setup, log=print, *, item_vectors: Callable | None = None) -> Train
           examples = (step - start) * config.train.batch_size
           row["examples_per_sec"] = examples / max(seconds, 1e-9)
           row["skipped"] = nan_policy.skipped   # The running count, not its mean.
+          now = time.time()
+          row["data_wait_share"] = waited_since_log / max(now - t_log, 1e-9)
+          waited, waited_since_log, t_log = waited + waited_since_log, 0.0, now
           writer.write(step, row)
           bar.set_postfix(loss=f"{row['loss']:.3f}",
-                          ex_s=f"{row['examples_per_sec']:.0f}")
+                          ex_s=f"{row['examples_per_sec']:.0f}",
+                          data_wait=f"{row['data_wait_share']:.0%}")
         bar.update(1)
         if nan_policy.failed:
           break
@@ -277,6 +286,7 @@ def train(s: Setup, log=print, *, item_vectors: Callable | None = None) -> Train
         f"{ckpt.directory}; rerun the same command to resume")
   stats = dict(steps=total, resumed_from=start, seconds=seconds,
                examples_per_sec=examples / max(seconds, 1e-9) if examples else 0.0,
-               flops_per_step=flops)
+               flops_per_step=flops,
+               data_wait_share=(waited + waited_since_log) / max(seconds, 1e-9))
   return Trained(state=state, stats=stats, metrics_path=writer.path,
                  preempted_at=preempted_at, preempted_by=stop.requested)
