@@ -25,12 +25,6 @@ from mmjax.bench import throughput
 from mmjax.run import train_and_evaluate
 
 
-def device_name() -> str:
-  if jax.default_backend() == "cpu":
-    return f"cpu: {throughput.cpu_name()}, {os.cpu_count()} cores"
-  return f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
-
-
 def throughput_runs() -> str:
   """All three runs where torch can run on the device JAX uses, else JAX's."""
   backend = jax.default_backend()
@@ -80,7 +74,7 @@ def main(argv=None) -> dict:
         "--runs", args.runs or throughput_runs()])
     demo = demo_run(args.demo_config, args.demo_steps,
                     args.workdir or os.path.join(tmp, "demo"))
-  result = dict(device=device_name(), throughput=bench, demo=demo,
+  result = dict(device=throughput.device_name(), throughput=bench, demo=demo,
                 seconds=time.time() - started,
                 versions=dict(jax=jax.__version__))
   with open(args.out, "w") as f:

@@ -72,6 +72,13 @@ def cpu_name() -> str:
   return platform.processor() or "unknown"
 
 
+def device_name() -> str:
+  """The CPU's model and cores, or the backend and its device kind."""
+  if jax.default_backend() == "cpu":
+    return f"cpu: {cpu_name()}, {os.cpu_count()} cores"
+  return f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
+
+
 def load_config(path: str):
   config = config_lib.load(path)   # A file or a shipped config's name.
   config_lib.validate(config)
@@ -291,8 +298,7 @@ def main(argv=None) -> dict:
                    peak=peak)
   result.update(
       config=args.config, batch_size=config.train.batch_size, dtype=config.model.dtype,
-      device=(f"cpu: {cpu_name()}, {os.cpu_count()} cores" if jax.default_backend() == "cpu"
-              else f"{jax.default_backend()}: {jax.devices()[0].device_kind}"),
+      device=device_name(),
       threads=dict(torch_intra_op=torch.get_num_threads(),
                    torch_inter_op=torch.get_num_interop_threads(),
                    xla_cpu="all cores (XLA's default CPU pool)",
