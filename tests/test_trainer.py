@@ -77,8 +77,14 @@ def test_steps_per_call_trains_the_same_steps(run, tmp_path):
 
 @pytest.mark.parametrize("step,expected", [(0, 2), (2, 1), (3, 2), (5, 1), (6, 0)])
 def test_calls_end_at_checkpoints_and_at_the_end(step, expected):
-  from mmjax.train.trainer import _call_length
-  assert _call_length(step, total=6, per_call=2, checkpoint_every=3) == expected
+  from mmjax.train.loop import call_length
+  assert call_length(step, 6, 2, 3) == expected
+
+
+@pytest.mark.parametrize("step,expected", [(0, 2), (2, 1), (3, 1), (4, 2), (7, 1)])
+def test_calls_end_at_evaluations_too(step, expected):
+  from mmjax.train.loop import call_length
+  assert call_length(step, 8, 2, 3, 4) == expected
 
 
 def test_a_finished_run_with_steps_per_call_only_reevaluates(run, tmp_path):

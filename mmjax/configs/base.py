@@ -30,4 +30,5 @@ def get_config():
   c.train.steps = 2000
   c.train.log_every = 50
   c.train.checkpoint_every = 500
+  c.train.eval_every = 500
   return c

@@ -44,8 +44,10 @@ def get_config(variant: str = ""):
   c.train.steps_per_call = 8        # One call of the compiled step per 8 steps.
   c.train.log_every = 50
   c.train.checkpoint_every = 400
+  c.train.eval_every = 400          # Valid recall picks the state tested.
   if variant == "small":            # A quarter of the steps: a quicker look.
     c.train.steps = 400
+    c.train.eval_every = 100
   elif variant:
     raise ValueError(f"unknown variant {variant!r}; try 'small'")
   return c

@@ -26,4 +26,11 @@ def get_config():
   c.feature_graph.negatives = 512
   c.train.lr = 1e-2
   c.train.weight_decay = 0.0
+  # MMRec's protocol: validate every epoch, stop after 20 evaluations
+  # without a better valid recall@20.
+  c.train.eval_every = 1
+  c.train.early_stop.metric = "recall@20"
+  c.train.early_stop.patience = 20
+  # A checkpoint every 10 epochs bounds what a kill loses; saves are async.
+  c.train.checkpoint_every = 10
   return c

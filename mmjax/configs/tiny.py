@@ -34,5 +34,6 @@ def get_config():
   c.train.warmup_steps = 10
   c.train.log_every = 50
   c.train.checkpoint_every = 600
+  c.train.eval_every = 300
   c.train.eval_batch_size = 128
   return c

@@ -115,8 +115,9 @@ def _init(graphdef_holder, fcfg, dim, s: Shape, feature_dims, key):
   model = build_model(fcfg, dim, s.num_users, s.num_items, feature_dims, key)
   graphdef, params = nnx.split(model)
   graphdef_holder.append(graphdef)
+  # Raw key data, not a typed key: the state is checkpointed as plain arrays.
   return dict(params=params, opt=optax.scale_by_adam().init(params),
-              rng=jax.random.fold_in(key, 1))
+              rng=jax.random.key_data(jax.random.fold_in(key, 1)))
 
 
 def epoch_order(key, s: Shape) -> jax.Array:
@@ -135,7 +136,7 @@ def epoch_order(key, s: Shape) -> jax.Array:
 
 
 def _epoch(graphdef, s: Shape, c: Constants, state, hp):
-  rng, perm_key, neg_key = jax.random.split(state["rng"], 3)
+  rng, perm_key, neg_key = jax.random.split(jax.random.wrap_key_data(state["rng"]), 3)
   order = epoch_order(perm_key, s)
   neg_keys = jax.random.split(neg_key, s.num_batches)
   adam = optax.scale_by_adam()
@@ -157,17 +158,23 @@ def _epoch(graphdef, s: Shape, c: Constants, state, hp):
 
   (params, opt), metrics = jax.lax.scan(step, (state["params"], state["opt"]),
                                         (order, neg_keys))
-  return (dict(params=params, opt=opt, rng=rng),
+  return (dict(params=params, opt=opt, rng=jax.random.key_data(rng)),
           jax.tree.map(jnp.mean, metrics))
 
 
 def _embed(graphdef, s: Shape, c: Constants, params, hp):
   """Unit user vectors of the evaluated users (E, dim), unit items (N, dim)."""
+  users, items = _embed_all(graphdef, s, c, params, hp)
+  return users[c.eval_users], items
+
+
+def _embed_all(graphdef, s: Shape, c: Constants, params, hp):
+  """Unit vectors of every user (U, dim) and item (N, dim): the served scores."""
   model = nnx.merge(graphdef, params)
   users, items, _ = model(c.features, c.ui_graph, c.item_graph, layers=s.layers,
                           item_layers=s.item_layers,
                           content_weight=hp["content_weight"])
-  return l2_normalize(users[c.eval_users]), l2_normalize(items)
+  return l2_normalize(users), l2_normalize(items)
 
 
 def cpu_compiler_options() -> dict | None:
@@ -200,6 +207,8 @@ class Programs:
                          out_shardings=rep, compiler_options=opts)
     self.embed = jax.jit(jax.vmap(functools.partial(_embed, graphdef, shape),
                                   in_axes=(None, 0, 0)), compiler_options=opts)
+    self.embed_all = jax.jit(jax.vmap(functools.partial(_embed_all, graphdef, shape),
+                                      in_axes=(None, 0, 0)), compiler_options=opts)
     self.shape = shape
 
 

@@ -1,28 +1,31 @@
 """Trains feature-graph recommenders on MMRec-format data, MMRec's protocol.
 
 Protocol (as enoche/MMRec's trainer): full ranking of all items with the
-user's train positives masked; validation every `eval_every` epochs; early
-stop once valid Recall@20 has not improved for more than `patience`
-evaluations; the reported test metrics are those at the best valid epoch.
-The ranking and its metrics are the evaluator's (`make_evaluator`, built by
-the caller from the eval layer: `mmjax.eval.feature_graph.Evaluator`).
+user's train positives masked; validation every `train.eval_every` epochs;
+early stop once the valid `train.early_stop.metric` has not improved for
+more than `train.early_stop.patience` evaluations; the reported test
+metrics are those of the best valid epoch's state. The ranking and its
+metrics are the evaluator's (`make_evaluator`, built by the caller from the
+eval layer: `mmjax.eval.feature_graph.Evaluator`).
 
 All seeds (`config.seeds`) and grid values (`config.grid`) train together as
-one vmapped program; the summary gives the per-seed results, their mean and
-standard deviation, and per grid value the same (the reported one is the
-value with the best mean valid Recall@20).
+one vmapped program: `FeatureGraphTask` gives them to the one loop
+(`mmjax.train.loop`), which checkpoints, resumes, validates and keeps each
+run's best state. The summary (feature_graph_summary.py) gives the per-seed
+results, their mean and standard deviation, and per grid value the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
+from etils import epath
 
 from mmjax import config as config_lib
 from mmjax import mesh as mesh_lib
@@ -31,10 +34,10 @@ from mmjax.data.catalog import TEST, TRAIN, VALID
 from mmjax.errors import MmjaxError
 from mmjax.models import graph as graph_lib
 from mmjax.train import feature_graph_step as fs
-from mmjax.train import reporting
+from mmjax.train import loop
+from mmjax.train.cost import step_flops
+from mmjax.train.feature_graph_summary import format_summary, summarize
 from mmjax.train.outputs import open_workdir, write_outputs
-
-SELECT = "recall@20"   # MMRec's default valid_metric.
 
 
 def load_data(config) -> mmrec.MMRecData:
@@ -84,176 +87,201 @@ def build_constants(data: mmrec.MMRecData, fcfg, mesh) -> fs.Constants:
       eval_users=jax.device_put(data.eval_users().astype(np.int32), rep))
 
 
-class EarlyStopping:
-  """MMRec's rule per run: stop when the score has not beaten the best for
-  more than `patience` evaluations; keep the test metrics of the best."""
-
-  def __init__(self, runs: int, patience: int):
-    self.patience = patience
-    self.best = [-1.0] * runs
-    self.best_epoch = [0] * runs
-    self.bad = [0] * runs
-    self.stopped = [False] * runs
-    self.valid = [None] * runs
-    self.test = [None] * runs
-
-  def update(self, epoch: int, valid: list[dict], test: list[dict]) -> None:
-    for r in range(len(self.best)):
-      if self.stopped[r]:
-        continue
-      if valid[r][SELECT] > self.best[r]:
-        self.best[r], self.best_epoch[r], self.bad[r] = valid[r][SELECT], epoch, 0
-        self.valid[r], self.test[r] = valid[r], test[r]
-      else:
-        self.bad[r] += 1
-        self.stopped[r] = self.bad[r] > self.patience
-
-  @property
-  def done(self) -> bool:
-    return all(self.stopped)
+@jax.jit
+def _keep_best(best, params, improved):
+  """Each run's best parameters: `params` where `improved` (R,), else `best`."""
+  pick = lambda b, p: jnp.where(improved.reshape((-1,) + (1,) * (p.ndim - 1)), p, b)
+  return jax.tree.map(pick, best, params)
 
 
-def _mean_std(dicts: list[dict]) -> tuple[dict, dict]:
-  keys = dicts[0].keys()
-  return ({k: float(np.mean([d[k] for d in dicts])) for k in keys},
-          {k: float(np.std([d[k] for d in dicts])) for k in keys})
+def data_fingerprint(data: mmrec.MMRecData) -> str:
+  """A digest of the split pairs and the features."""
+  h = hashlib.blake2b(digest_size=16)
+  h.update(f"{data.num_users} {data.num_items}".encode())
+  for s in (TRAIN, VALID, TEST):
+    h.update(np.ascontiguousarray(data.pairs[s]).tobytes())
+  for name, f in data.features.items():
+    h.update(name.encode())
+    h.update(np.ascontiguousarray(f).tobytes())
+  return h.hexdigest()
 
 
-def summarize(stop: EarlyStopping, seeds, key, values) -> dict:
-  """The contract: test/valid (mean over seeds) at the best valid epoch."""
-  s = len(seeds)
-  groups = []
-  for g in range(len(values) or 1):
-    rs = range(g * s, (g + 1) * s)
-    test, test_std = _mean_std([stop.test[r] for r in rs])
-    valid, valid_std = _mean_std([stop.valid[r] for r in rs])
-    groups.append(dict(
-        test=test, test_std=test_std, valid=valid, valid_std=valid_std,
-        best_epochs=[stop.best_epoch[r] for r in rs],
-        seeds=[stop.test[r] for r in rs]))
-  best = max(range(len(groups)), key=lambda g: groups[g]["valid"][SELECT])
-  out = dict(groups[best])
-  out["best_epoch"] = int(round(np.mean(out["best_epochs"])))
-  if s == 1:
-    del out["seeds"], out["test_std"], out["valid_std"]
-  out["seed_list"] = list(seeds)
-  if key:
-    out["grid"] = dict(key=key, best=values[best], results=[
-        dict(value=v, test=g["test"], valid=g["valid"], test_std=g["test_std"])
-        for v, g in zip(values, groups)])
-  return out
+class FeatureGraphTask:
+  """The feature-graph recommender as a `loop.Task`: units are epochs (one
+  compiled `lax.scan` each), R runs (seeds x grid values) vmapped in one
+  program. The state: {"runs": the runs' params, Adam state and RNG,
+  "best": each run's best-valid params, "step": the epoch}."""
+  unit = "epoch"
+  total_key = "feature_graph.epochs"
+  per_call = 1
+  log_every = 1
+  guarded = False
+  keeps_best = True      # state["best"]: saved to <workdir>/best with checkpoints.
+  data_iterator = None   # The epoch order comes from each run's RNG.
+
+  def __init__(self, config, data: mmrec.MMRecData, mesh, evaluator):
+    fcfg = config.feature_graph
+    self.config, self.data, self.mesh, self.evaluator = config, data, mesh, evaluator
+    self.seeds, self.key, self.values, hps = run_list(config)
+    self.runs, self.total = len(hps), fcfg.epochs
+    self.consts = build_constants(data, fcfg, mesh)
+    self.shape = fs.Shape(
+        num_users=data.num_users, num_items=data.num_items,
+        num_train=len(data.pairs[TRAIN]), batch_size=config.train.batch_size,
+        negatives=fcfg.negatives, layers=fcfg.layers,
+        item_layers=fcfg.item_layers if self.consts.item_graph is not None else 0)
+    self.examples_per_unit = self.runs * self.shape.num_train
+    feature_dims = [f.shape[1] for f in data.features.values()]
+    try:
+      self.programs = fs.Programs(fcfg, config.model.dim, self.shape, feature_dims,
+                                  mesh)
+    except ValueError as e:
+      raise MmjaxError(f"config.feature_graph: {e}") from None
+    self.hp = fs.stack_hparams(hps)
+    self.identity = {"train.batch_size": int(config.train.batch_size),
+                     "seed": [int(s) for s in self.seeds],
+                     "data": {"fingerprint": data_fingerprint(data),
+                              "dir": config.data.dir}}
+
+  def describe(self) -> str:
+    return (f"{self.runs} run(s) in one program: seeds {self.seeds}"
+            + (f" x {self.key} in {self.values}" if self.key else "")
+            + f"; {self.shape.num_batches} batches of {self.shape.batch_size} per epoch")
+
+  def _keys(self):
+    return jax.vmap(jax.random.key)(jnp.asarray(
+        [seed for _ in (self.values or [None]) for seed in self.seeds]))
+
+  def abstract_runs(self):
+    """The shapes of the runs' state, allocating nothing."""
+    return self.programs.init.eval_shape(self._keys())
+
+  def initial_state(self) -> dict:
+    runs = self.programs.init(self._keys())
+    rep = mesh_lib.replicated(self.mesh)
+    return dict(runs=runs, best=jax.tree.map(jnp.copy, runs["params"]),
+                step=jax.device_put(jnp.zeros((), jnp.int32), rep))
+
+  def compile_epoch(self, state):
+    return self.programs.epoch.lower(self.consts, state["runs"], self.hp).compile()
+
+  def prepare(self, state, start, workdir, log) -> float:
+    del start, workdir
+    compiled = self.compile_epoch(state)
+    mem = compiled.memory_analysis()
+    flops = step_flops(compiled)
+    if mem is not None:
+      log(f"compiled epoch: {memory_bytes(mem)['total'] / 2**20:.1f} MiB per device, "
+          f"{flops / 1e9:.2f} GFLOPs/epoch for {self.runs} run(s)")
+    return flops
+
+  def advance(self, state, n):
+    rows = []
+    for _ in range(n):
+      runs, metrics = self.programs.epoch(self.consts, state["runs"], self.hp)
+      state = dict(state, runs=runs, step=state["step"] + 1)
+      rows.append({k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()})
+    return state, rows, 0.0
+
+  def vectors(self, params):
+    """(users (R, E, dim), items (R, N, dim)) of the evaluated users."""
+    return self.programs.embed(self.consts, params, self.hp)
+
+  def evaluate(self, state) -> list[dict]:
+    return self.evaluator(*self.vectors(state["runs"]["params"]))[0]
+
+  def keep_best(self, state, improved):
+    return dict(state, best=_keep_best(state["best"], state["runs"]["params"],
+                                       jnp.asarray(improved)))
+
+  def servable(self, state) -> dict:
+    return {"best": state["best"], "step": state["step"]}
+
+
+def memory_bytes(mem) -> dict:
+  """Per-device bytes of a compiled program's memory analysis."""
+  out = dict(arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
+             temp=mem.temp_size_in_bytes, alias=mem.alias_size_in_bytes)
+  out["total"] = out["arguments"] + out["outputs"] + out["temp"] - out["alias"]
+  return {k: int(v) for k, v in out.items()}
 
 
 def train_and_evaluate_feature_graph(config, workdir: str, log=print, *,
-                                     make_evaluator) -> dict:
-  """Trains every run of the config, evaluating them as the protocol says;
-  `make_evaluator(data, mesh)` returns the evaluator: (users, items) of all
-  runs -> (valid, test) metrics, one dict per run."""
+                                     make_evaluator, dry_run: bool = False) -> dict:
+  """Trains every run of the config through the one loop and evaluates each
+  run's best state; `make_evaluator(data, mesh)` returns the evaluator: (users,
+  items) of all runs -> (valid, test) metrics, one dict per run. `dry_run`
+  compiles one epoch and reports its memory and FLOPs; nothing trains."""
   config_lib.validate(config)
   data = load_data(config)
-  # After the inputs: bad ones leave nothing. One run per workdir.
-  with open_workdir(workdir, log) as workdir:
-    return _train_and_evaluate(config, data, workdir, log, make_evaluator)
-
-
-def _train_and_evaluate(config, data, workdir, log, make_evaluator) -> dict:
-  fcfg = config.feature_graph
   log(f"data: {data.describe()} ({config.data.dir})")
   mesh = mesh_lib.make_mesh(config.mesh)
-  evaluator = make_evaluator(data, mesh)
-  seeds, key, values, hps = run_list(config)
-  consts = build_constants(data, fcfg, mesh)
-  shape = fs.Shape(
-      num_users=data.num_users, num_items=data.num_items,
-      num_train=len(data.pairs[TRAIN]), batch_size=config.train.batch_size,
-      negatives=fcfg.negatives, layers=fcfg.layers,
-      item_layers=fcfg.item_layers if consts.item_graph is not None else 0)
-  feature_dims = [f.shape[1] for f in data.features.values()]
-  try:
-    programs = fs.Programs(fcfg, config.model.dim, shape, feature_dims, mesh)
-  except ValueError as e:
-    raise MmjaxError(f"config.feature_graph: {e}") from None
-  hp_arrays = fs.stack_hparams(hps)
-  keys = jax.vmap(jax.random.key)(jnp.asarray(
-      [seed for _ in (values or [None]) for seed in seeds]))
-  states = programs.init(keys)
-  runs = len(hps)
-  log(f"{runs} run(s) in one program: seeds {seeds}"
-      + (f" x {key} in {values}" if key else "")
-      + f"; {shape.num_batches} batches of {shape.batch_size} per epoch")
+  task = FeatureGraphTask(config, data, mesh, make_evaluator(data, mesh))
+  log(task.describe())
+  if dry_run:
+    return _dry_run(task, workdir, log)
+  # After the inputs: bad ones leave nothing. One run per workdir.
+  with open_workdir(workdir, log) as workdir:
+    outcome = loop.run(task, config, workdir, log)
+    if outcome.preempted_at is not None:
+      return dict(preempted_at_step=outcome.preempted_at, signal=outcome.preempted_by)
+    return _finish(task, outcome, workdir, log)
 
-  writer = reporting.MetricsWriter(workdir)
-  if writer.active:   # No resume here: a rerun's curve replaces the old one.
-    reporting.truncate_after(writer.path, 0)
-  stop = EarlyStopping(runs, fcfg.patience)
-  # Wall and CPU (all threads) seconds: on a shared machine the CPU time
-  # tells what the work costs, the wall time what this run got.
-  epoch_times, eval_times, epoch_cpu, eval_cpu = [], [], [], []
-  bar = tqdm(total=fcfg.epochs, desc="epochs", unit="epoch", dynamic_ncols=True,
-             disable=jax.process_index() != 0)
-  epoch = 0
-  for epoch in range(1, fcfg.epochs + 1):
-    t0, c0 = time.time(), time.process_time()
-    states, metrics = programs.epoch(consts, states, hp_arrays)
-    metrics = jax.device_get(metrics)
-    epoch_times.append(time.time() - t0)
-    epoch_cpu.append(time.process_time() - c0)
-    row = {k: float(np.mean(v)) for k, v in metrics.items()}
-    if epoch % fcfg.eval_every == 0 or epoch == fcfg.epochs:
-      t0, c0 = time.time(), time.process_time()
-      valid, test = evaluator(*programs.embed(consts, states["params"], hp_arrays))
-      eval_times.append(time.time() - t0)
-      eval_cpu.append(time.process_time() - c0)
-      stop.update(epoch, valid, test)
-      for split, ms in (("valid", valid), ("test", test)):
-        for k in ("recall@20", "ndcg@20"):
-          row[f"{split}_{k}"] = float(np.mean([m[k] for m in ms]))
-      if runs > 1:   # Per run, to compare seeds and grid points over time.
-        row.update({f"valid_recall@20/run{r}": m[SELECT] for r, m in enumerate(valid)})
-      row["best_valid_recall@20"] = float(np.mean(stop.best))
-    row["seconds_per_epoch"] = epoch_times[-1]
-    row["examples_per_sec"] = runs * shape.num_train / max(epoch_times[-1], 1e-9)
-    writer.write(epoch, row)
-    bar.set_postfix(loss=f"{row['loss']:.3f}",
-                    valid_r20=f"{row.get('valid_recall@20', float('nan')):.4f}",
-                    s_epoch=f"{epoch_times[-1]:.2f}")
-    bar.update(1)
-    if stop.done:
-      break
-  bar.close()
-  writer.close()
-  if stop.valid[0] is None:
-    raise MmjaxError("no evaluation ran: set config.feature_graph.eval_every <= epochs")
-  steady = lambda ts: float(np.median(ts[1:] if len(ts) > 1 else ts))
-  summary = summarize(stop, seeds, key, values)
+
+def _finish(task: FeatureGraphTask, outcome: loop.Outcome, workdir: str, log) -> dict:
+  """Test (and valid) metrics of each run's best state; summary.json."""
+  stop = outcome.early_stop
+  if not stop.evaluated:
+    raise MmjaxError("no evaluation ran: set config.train.eval_every <= "
+                     "config.feature_graph.epochs")
+  valid, test = task.evaluator(*task.vectors(outcome.state["best"]))
+  summary = summarize(stop, valid, test, task.seeds, task.key, task.values)
+  st, data = outcome.stats, task.data
   summary.update(
-      seconds_per_epoch=steady(epoch_times), seconds_per_eval=steady(eval_times),
-      cpu_seconds_per_epoch=steady(epoch_cpu), cpu_seconds_per_eval=steady(eval_cpu),
-      runs=runs, epochs_run=epoch, compile_and_first_epoch_seconds=epoch_times[0],
-      data=dict(dir=config.data.dir, num_users=data.num_users,
+      seconds_per_epoch=st["seconds_per_epoch"], seconds_per_eval=st["seconds_per_eval"],
+      cpu_seconds_per_epoch=st["cpu_seconds_per_epoch"],
+      cpu_seconds_per_eval=st["cpu_seconds_per_eval"],
+      runs=task.runs, epochs_run=st["epochs"], resumed_from=st["resumed_from"],
+      compile_and_first_epoch_seconds=st["first_call_seconds"],
+      served_run=served_run(stop, task.seeds, task.key, task.values),
+      data=dict(dir=task.config.data.dir, num_users=data.num_users,
                 num_items=data.num_items,
                 **{f"num_{n}": len(data.pairs[s]) for n, s in
                    (("train", TRAIN), ("valid", VALID), ("test", TEST))},
                 features={k: list(v.shape) for k, v in data.features.items()}),
-      config=config.to_dict())
-  write_outputs(workdir, summary, writer.path, format_summary, log)
+      config=task.config.to_dict())
+  write_outputs(workdir, summary, outcome.metrics_path, format_summary, log)
   return summary
 
 
-def format_summary(s: dict) -> str:
-  std = s.get("test_std", {})
-  pm = lambda k: f"{s['test'][k]:.4f}" + (f" ± {std[k]:.4f}" if std else "")
-  lines = ["", f"results (test at the best valid epoch, mean over seeds "
-           f"{s['seed_list']}, train items masked):"]
-  for k in ("recall", "ndcg", "precision", "map"):
-    lines.append("  " + "  ".join(f"{k}@{c}: {pm(f'{k}@{c}')}" for c in (10, 20, 50)))
-  lines.append(f"  best epoch {s['best_epoch']} (per run {s['best_epochs']}), "
-               f"{s['epochs_run']} epochs run")
-  if "grid" in s:
-    g = s["grid"]
-    lines.append(f"  grid {g['key']}: " + ", ".join(
-        f"{r['value']}: valid {r['valid'][SELECT]:.4f} test {r['test'][SELECT]:.4f}"
-        for r in g["results"]) + f" -> best {g['best']}")
-  lines.append(f"  {s['seconds_per_epoch']:.3f} s/epoch, {s['seconds_per_eval']:.3f} "
-               f"s/eval for {s['runs']} run(s)")
-  return "\n".join(lines)
+def served_run(stop, seeds, key, values) -> dict:
+  """The run `mmjax.load`, export and recommend serve: the best on valid
+  within the chosen grid point."""
+  s = len(seeds)
+  groups = range(len(values) or 1)
+  group = max(groups, key=lambda g: np.mean(stop.best[g * s:(g + 1) * s]))
+  run = max(range(group * s, (group + 1) * s), key=lambda r: stop.best[r])
+  out = dict(run=run, seed=int(seeds[run % s]), best_epoch=stop.best_step[run],
+             valid=stop.valid[run])
+  if key:
+    out[key] = values[group]
+  return out
+
+
+def _dry_run(task: FeatureGraphTask, workdir: str, log) -> dict:
+  """Compiles one epoch; reports per-device memory and FLOPs (dry_run.json)."""
+  compiled = task.compile_epoch({"runs": task.abstract_runs()})
+  mem = compiled.memory_analysis()
+  report = dict(task="feature_graph", runs=task.runs, devices=jax.device_count(),
+                flops_per_epoch=step_flops(compiled),
+                per_device_bytes=memory_bytes(mem) if mem is not None else None,
+                batches_per_epoch=task.shape.num_batches)
+  out = epath.Path(workdir or ".")
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "dry_run.json").write_text(json.dumps(report, indent=2))
+  mib = (f"{report['per_device_bytes']['total'] / 2**20:.1f} MiB per device, "
+         if mem is not None else "")
+  log(f"dry run: one epoch of {task.runs} run(s) compiled: {mib}"
+      f"{report['flops_per_epoch'] / 1e9:.2f} GFLOPs; nothing trained "
+      f"({out / 'dry_run.json'})")
+  return report

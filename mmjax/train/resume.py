@@ -14,13 +14,14 @@ previous one is tried.
 
 import hashlib
 import json
-import os
 
 import jax
 import numpy as np
+from etils import epath
 
 from mmjax.config.schema import RESUME_CHANGES
 from mmjax.errors import MmjaxError
+from mmjax.train import paths
 from mmjax.train.atomic import atomic_write
 
 CONFIG_FILE = "config.json"
@@ -28,16 +29,15 @@ IDENTITY_FILE = "run_identity.json"
 
 
 def save_config(workdir: str, config) -> None:
-  with atomic_write(os.path.join(workdir, CONFIG_FILE)) as f:
+  with atomic_write(paths.join(workdir, CONFIG_FILE)) as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_config(workdir: str) -> dict | None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(paths.join(workdir, CONFIG_FILE))
+  if not path.exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def catalog_fingerprint(catalog) -> str:
@@ -58,7 +58,7 @@ def run_identity(config, catalog, data_dir: str) -> dict:
 
 
 def save_identity(workdir: str, identity: dict) -> None:
-  with atomic_write(os.path.join(workdir, IDENTITY_FILE)) as f:
+  with atomic_write(paths.join(workdir, IDENTITY_FILE)) as f:
     json.dump(identity, f, indent=2)
 
 
@@ -75,11 +75,10 @@ def check_identity(workdir: str, identity: dict, allowed, step: int) -> None:
   """MmjaxError naming what changed since the run of checkpoint `step`,
   except the names in `allowed`. A workdir without the record (older runs)
   passes."""
-  path = os.path.join(workdir, IDENTITY_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(paths.join(workdir, IDENTITY_FILE))
+  if not path.exists():
     return
-  with open(path) as f:
-    old = json.load(f)
+  old = json.loads(path.read_text())
   keys = [k for k in RESUME_CHANGES
           if k in old and k not in allowed and _changed(k, old[k], identity[k])]
   if keys:
@@ -137,13 +136,14 @@ def shape_mismatches(saved: dict, expected: dict) -> list[str]:
 
 
 def restore_newest_good(ckpt, state, data_iterator, config, workdir, log, *,
-                        identity: dict | None = None):
+                        identity: dict | None = None, total: int | None = None,
+                        total_key: str = "train.steps"):
   """Restores the newest readable checkpoint; `state` unchanged if none exists.
 
   MmjaxError if `identity` (`run_identity`) differs from the checkpoints'
-  run, if config.train.steps is below the restored step, if the
-  checkpoints were written with incompatible shapes, or if none of them
-  can be read.
+  run, if `total` (default config.train.steps; the message names it
+  `total_key`) is below the restored step, if the checkpoints were written
+  with incompatible shapes, or if none of them can be read.
   """
   steps = sorted(ckpt.all_steps(), reverse=True)
   if steps and identity is not None:
@@ -158,17 +158,19 @@ def restore_newest_good(ckpt, state, data_iterator, config, workdir, log, *,
     bad = shape_mismatches(saved, expected)
     if bad:
       raise MmjaxError(_incompatible_message(workdir, config, step, bad))
-    if config.train.steps < step:
+    total = config.train.steps if total is None else total
+    if total < step:
       raise MmjaxError(
-          f"config.train.steps={config.train.steps} is below step {step} of the "
-          f"checkpoint in {ckpt.directory}: set train.steps >= {step}, or use "
+          f"config.{total_key}={total} is below step {step} of the "
+          f"checkpoint in {ckpt.directory}: set {total_key} >= {step}, or use "
           "another --workdir")
     try:
       state = ckpt.restore(state, data_iterator, step=step)
     except Exception as e:
       _set_aside(ckpt, step, e, log)
       continue
-    log(f"resumed from checkpoint at step {int(state['step'])}")
+    log(f"resumed from checkpoint at {total_key.split('.')[-1].rstrip('s')} "
+        f"{int(state['step'])}")
     return state
   if steps:
     raise MmjaxError(f"no readable checkpoint in {ckpt.directory}; the broken "
@@ -188,7 +190,7 @@ def _incompatible_message(workdir, config, step, mismatches) -> str:
           if old is not None else [])
   what = ("; differing keys: " + ", ".join(keys)) if keys else (
       f" (no {CONFIG_FILE} in the workdir to name the differing keys)")
-  return (f"checkpoint {step} in {os.path.join(workdir, 'checkpoints')} was "
+  return (f"checkpoint {step} in {paths.join(workdir, 'checkpoints')} was "
           f"written with an incompatible config{what}; shapes differ at "
           f"{len(mismatches)} array(s), e.g. {mismatches[0]}. Use another "
           "--workdir or the original config.")
