@@ -1,5 +1,5 @@
 """Checkpoints: atomic commits, fallback past a corrupt one, no NaN saved,
-incompatible configs refused by name."""
+incompatible configs refused by name, the loop record, the best checkpoint."""
 
 import glob
 import os
@@ -12,7 +12,7 @@ import pytest
 from mmjax.config import default_config
 from mmjax.errors import MmjaxError
 from mmjax.train import resume
-from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.checkpoint import BestCheckpoint, Checkpointer
 
 
 def _state(step, dim=4):
@@ -124,3 +124,48 @@ def test_config_diff():
   b.train.steps, b.data.synthetic.num_items = 7, 5
   assert resume.config_diff(a, b.to_dict()) == [
       "config.data.synthetic.num_items: 2000 -> 5", "config.train.steps: 1000 -> 7"]
+
+
+def test_loop_record_is_saved_beside_the_state(tmp_path):
+  ckpt = Checkpointer(str(tmp_path), every=1, keep=5)
+  ckpt.save(1, _state(1), loop={"best": 0.25, "bad_epochs": 1})
+  ckpt.save(2, _state(2))   # Neither a data iterator nor a loop record.
+  ckpt.wait()
+  items = set(os.listdir(tmp_path / "checkpoints" / "1"))
+  assert {"loop", "state"} <= items and "data" not in items
+  assert ckpt.restore_loop(1) == {"best": 0.25, "bad_epochs": 1}
+  assert ckpt.restore_loop(2) is None
+  np.testing.assert_array_equal(ckpt.restore(_state(0))["params"]["w"],
+                                np.full((4, 2), 2.0))
+
+
+def test_steps_below_the_checkpoint_name_the_total_key(tmp_path):
+  _saved(tmp_path)
+  with pytest.raises(MmjaxError, match=r"^config.train.epochs=1 is below step 2 "
+                     r".*: set train.epochs >= 2, or use another --workdir$"):
+    resume.restore_newest_good(Checkpointer(str(tmp_path), every=1, keep=5),
+                               _state(0), None, default_config(), str(tmp_path),
+                               print, total=1, total_key="train.epochs")
+
+
+def test_best_checkpoint_keeps_the_best_score(tmp_path):
+  best = BestCheckpoint(str(tmp_path))
+  with pytest.raises(MmjaxError, match="no checkpoint in .*best"):
+    best.restore(_state(0))
+  for step, score in ((1, 0.1), (2, 0.3), (3, 0.2)):
+    best.save(step, _state(step), score)
+  best.wait()
+  assert best.step() == 2
+  assert os.listdir(tmp_path / "best") == ["2"]   # One kept.
+  best.close()
+  again = BestCheckpoint(str(tmp_path))
+  assert again.step() == 2
+  np.testing.assert_array_equal(again.restore(_state(0))["params"]["w"],
+                                np.full((4, 2), 2.0))
+  with pytest.raises(MmjaxError, match="NaN or Inf"):
+    again.save(4, dict(_state(4), params=dict(w=jnp.full((4, 2), jnp.inf))), 0.9)
+  with pytest.raises(MmjaxError, match="its score is nan"):
+    again.save(4, _state(4), float("nan"))
+  again.wait()
+  assert again.step() == 2
+  again.close()

@@ -9,6 +9,7 @@ import io
 import os
 
 import numpy as np
+from etils import epath
 
 from mmjax.train import reporting
 
@@ -41,7 +42,7 @@ def image_png(image: np.ndarray, size: int = 96) -> bytes:
 
 def curves_png(metrics_path: str) -> bytes | None:
   """reporting.plot_curves of metrics.jsonl (every logged term), or None."""
-  if not os.path.isfile(metrics_path) or not reporting.read_metrics(metrics_path):
+  if not epath.Path(metrics_path).exists() or not reporting.read_metrics(metrics_path):
     return None
   buf = io.BytesIO()
   reporting.plot_curves(metrics_path, buf)

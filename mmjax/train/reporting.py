@@ -1,14 +1,54 @@
-"""What a run leaves behind: metrics.jsonl, TensorBoard events, curves.png."""
+"""What a run leaves behind: metrics.jsonl, TensorBoard events, curves.png.
+
+On a workdir in an object store (gs://, s3://), which cannot append, a
+JSON-lines file is kept in memory and its object rewritten whole at each
+write, and TensorBoard events are written to a local folder and copied.
+"""
 
 import json
 import math
 import os
+import shutil
+import tempfile
+import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from mmjax.errors import MmjaxError
+from mmjax.train import paths
 from mmjax.train.atomic import atomic_write
+
+# How often, at most, a remote workdir's TensorBoard events are copied while
+# the run writes (each copy uploads the whole events file).
+TB_SYNC_SECONDS = 60.0
+
+
+class JsonLines:
+  """Appends JSON rows to a file: a local file is appended to; a remote one
+  is rewritten with every row so far (read back at the first write, so a
+  `truncate_after` before it counts)."""
+
+  def __init__(self, path):
+    self.path = path
+    self._rows = None   # Remote only.
+
+  def append(self, row: dict) -> None:
+    if paths.is_local(self.path):
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+      return
+    if self._rows is None:
+      exists = epath.Path(os.fspath(self.path)).exists()
+      self._rows = read_metrics(self.path) if exists else []
+    self._rows.append(row)
+    self.flush()
+
+  def flush(self) -> None:
+    if self._rows is not None:
+      with atomic_write(self.path) as f:
+        f.writelines(json.dumps(r) + "\n" for r in self._rows)
 
 
 class MetricsWriter:
@@ -19,25 +59,53 @@ class MetricsWriter:
 
   def __init__(self, workdir: str):
     self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = None
+    self.path = paths.join(workdir, "metrics.jsonl")
+    self._rows = JsonLines(self.path)
+    self._tb = self._tb_local = None
+    self._tb_dir = paths.join(workdir, "tensorboard")
+    self._synced = time.monotonic()
     if self.active:
       from tensorboardX import SummaryWriter  # No TensorFlow needed.
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      if paths.is_local(workdir):
+        self._tb = SummaryWriter(self._tb_dir)
+      else:
+        # tensorboardX reaches gs:// and s3:// only through clients of its
+        # own (google-cloud-storage, boto3) and no other scheme: events go
+        # to a local folder, copied through epath.
+        self._tb_local = tempfile.mkdtemp(prefix="mmjax_tensorboard_")
+        self._tb = SummaryWriter(self._tb_local)
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.active:
       return
     row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    self._rows.append(row)
     for k, v in row.items():
       if k != "step" and math.isfinite(v):
         self._tb.add_scalar(k, v, step)
+    if (self._tb_local is not None
+        and time.monotonic() - self._synced >= TB_SYNC_SECONDS):
+      self.flush()
+
+  def flush(self) -> None:
+    """Everything written so far is in the workdir."""
+    if not self.active:
+      return
+    self._rows.flush()
+    self._tb.flush()
+    if self._tb_local is not None:
+      paths.upload_tree(self._tb_local, self._tb_dir)
+      self._synced = time.monotonic()
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    if self._tb is None:
+      return
+    self._tb.close()
+    if self._tb_local is not None:
+      paths.upload_tree(self._tb_local, self._tb_dir)
+      shutil.rmtree(self._tb_local, ignore_errors=True)
+      self._tb_local = None
+    self._tb = None
 
 
 class ExampleIdLog:
@@ -46,34 +114,34 @@ class ExampleIdLog:
   prove that a resumed stream repeats and skips nothing."""
 
   def __init__(self, workdir: str, resumed_from: int):
-    self.path = os.path.join(workdir, f"example_ids.p{jax.process_index()}.jsonl")
+    self.path = paths.join(workdir, f"example_ids.p{jax.process_index()}.jsonl")
     truncate_after(self.path, resumed_from)
+    self._rows = JsonLines(self.path)
 
   def write(self, step: int, batch: dict) -> None:
-    row = dict(step=int(step), user_id=np.asarray(batch["user_id"]).tolist(),
-               item_id=np.asarray(batch["item_id"]).tolist())
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    self._rows.append(dict(step=int(step),
+                           user_id=np.asarray(batch["user_id"]).tolist(),
+                           item_id=np.asarray(batch["item_id"]).tolist()))
 
 
-def truncate_after(path: str, step: int, log=None) -> None:
+def truncate_after(path, step: int, log=None) -> None:
   """Drops rows past `step` (a resumed run rewrites them, never duplicates)
   and a torn last line (warned about through `log`)."""
-  if not os.path.exists(path):
+  if not epath.Path(os.fspath(path)).exists():
     return
   rows = [r for r in read_metrics(path, log) if r["step"] <= step]
   with atomic_write(path) as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def read_metrics(path: str, log=None) -> list[dict]:
+def read_metrics(path, log=None) -> list[dict]:
   """The rows of a JSON-lines file (metrics.jsonl, example_ids.*.jsonl).
 
   A torn last line (its writer was killed mid-line) is skipped, with a
   warning through `log` if given; a bad line before the last one is
   damage, not a torn write: MmjaxError naming the file and line.
   """
-  with open(path) as f:
+  with epath.Path(os.fspath(path)).open() as f:
     lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
   rows = []
   for i, (n, line) in enumerate(lines):
@@ -89,7 +157,7 @@ def read_metrics(path: str, log=None) -> list[dict]:
   return rows
 
 
-def plot_curves(metrics_path: str, out_path: str) -> None:
+def plot_curves(metrics_path, out_path) -> None:
   """One panel per logged quantity against step."""
   import matplotlib
   matplotlib.use("Agg")
@@ -110,7 +178,7 @@ def plot_curves(metrics_path: str, out_path: str) -> None:
   for ax in list(axes.flat)[len(keys):]:
     ax.axis("off")
   fig.tight_layout()
-  if isinstance(out_path, str):
+  if isinstance(out_path, (str, os.PathLike)):
     with atomic_write(out_path, "wb") as f:
       fig.savefig(f, format="png", dpi=90)
   else:   # A buffer.
