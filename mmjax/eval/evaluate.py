@@ -2,37 +2,41 @@
 data carries true preference scores, oracle) baselines.
 
 Items and users are embedded by jitted, fixed-shape batched programs
-(`embed.Embedder`); ranking masks each user's train positives; retrieval
-ranks every item's aligned text against every item's aligned image.
+(`embed.Embedder`); the metrics are `evaluators`': ranking masks each user's
+train positives; retrieval ranks every item's aligned text against every
+item's aligned image.
 """
+
+import weakref
 
 import jax
 import numpy as np
 
-from mmjax.data.catalog import TEST, TRAIN, VALID
+from mmjax.data.catalog import TRAIN
 from mmjax.data.features import TextTokenizer, normalize_images
 from mmjax.eval.embed import Embedder
-from mmjax.eval.metrics import (pad_lists, ranking_metrics, topk_from_embeddings,
-                                topk_from_scores)
-from mmjax.eval.retrieval import text_image_retrieval
+from mmjax.eval.evaluators import (KS, RecommendationEvaluator, ReferenceEvaluator,
+                                   RetrievalEvaluator, nested)
 
-KS = (10, 20, 50)
+# The last catalog's recommendation evaluator: `rank` is called again and
+# again on one catalog (post-processing candidates), and builds its masks once.
+_LAST: list = []
+
+
+def recommendation_evaluator(catalog, mesh=None) -> RecommendationEvaluator:
+  """The catalog's evaluator ("auto" ranking), reused while it is the last
+  catalog asked for; `mesh` places a new one's mask (default device: none)."""
+  if _LAST and _LAST[0]() is catalog:
+    return _LAST[1]
+  evaluator = RecommendationEvaluator(catalog, mesh, "auto", KS)
+  _LAST[:] = [weakref.ref(catalog), evaluator]
+  return evaluator
 
 
 def baselines(catalog) -> dict:
   """Popularity test metrics, and the oracle's where the catalog carries
   true preference scores (`oracle_scores`); same masking as the model."""
-  exclude = pad_lists(catalog.user_histories(TRAIN))
-  test = pad_lists(catalog.user_histories(TEST))
-  counts = catalog.item_popularity().astype(np.float32)
-  out = {}
-  pop_scores = np.broadcast_to(counts, (catalog.num_users, catalog.num_items))
-  out["popularity"] = ranking_metrics(
-      topk_from_scores(pop_scores, exclude, max(KS)), test, KS)
-  if catalog.oracle_scores is not None:
-    out["oracle"] = ranking_metrics(
-        topk_from_scores(catalog.oracle_scores, exclude, max(KS)), test, KS)
-  return out
+  return nested(ReferenceEvaluator(catalog, KS).run())
 
 
 def all_item_vectors(embedder: Embedder, params, buffers, catalog,
@@ -57,8 +61,9 @@ def evaluate(graphdef, params, buffers, catalog, tokenizer: TextTokenizer, mesh,
   items = all_item_vectors(embedder, params, buffers, catalog, tokenizer)
   vectors = scoring_vectors(embedder, params, buffers, catalog, items["item"],
                             history_len)
+  recommendation_evaluator(catalog, mesh)   # Its mask placed on the mesh.
   return dict(rank(*vectors, catalog), item_vectors=items, scoring_vectors=vectors,
-              retrieval=text_image_retrieval(items["z_text"], items["z_image"]))
+              **nested(RetrievalEvaluator().run(items["z_text"], items["z_image"])))
 
 
 def scoring_vectors(embedder: Embedder, params, buffers, catalog, item_vectors,
@@ -72,9 +77,7 @@ def scoring_vectors(embedder: Embedder, params, buffers, catalog, item_vectors,
 
 
 def rank(users, items, catalog) -> dict:
-  """valid/test full-ranking metrics of users . items, train items masked."""
-  exclude = pad_lists(catalog.user_histories(TRAIN))
-  topk = np.asarray(topk_from_embeddings(users, items, exclude, max(KS)))
-  return dict(
-      valid=ranking_metrics(topk, pad_lists(catalog.user_histories(VALID)), KS),
-      test=ranking_metrics(topk, pad_lists(catalog.user_histories(TEST)), KS))
+  """valid/test full-ranking metrics of users . items, train items masked;
+  `users` (U, dim) are every user's vectors."""
+  evaluator = recommendation_evaluator(catalog)
+  return evaluator.metrics(np.asarray(users)[evaluator.users], items, ("valid", "test"))
