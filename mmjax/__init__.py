@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load": "mmjax.api",
     "TrainedModel": "mmjax.api",
+    "FeatureGraphModel": "mmjax.api",
 }
 
 

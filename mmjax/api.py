@@ -1,20 +1,24 @@
 """`mmjax.load(workdir)`: a finished run as an object for inference.
 
   model = mmjax.load("runs/demo")
-  model.recommend(user=3, k=10)      # [Scored(item, score, text), ...]
-  model.similar(item=42, k=10)
+  model.recommend(user="user7", k=10)   # [Scored(item, score, text, id), ...]
+  model.recommend(users=["user7", "user8"], k=10)   # one list per user
+  model.similar(item="sku-ea7b6656", k=10)
   model.search("red striped shirt")  # text -> items via the aligned text tower
   model.encode_text(["a red shirt"]), model.encode_images(uint8_images)
 
+Users and items are named by the data's own ids (a catalog without them: the
+dense ints); `Scored.item` is the dense index, `Scored.id` the item's own id.
 The model is rebuilt from the run's resolved config (summary.json) and the
 latest checkpoint's parameters; the data come from the config's data dir. At
 the step the run post-processed, the choice in postprocess.json is applied.
-`mmjax export`, `recommend` and `report` are thin wrappers over this object.
+A feature-graph run (data.name="mmrec") loads as a `FeatureGraphModel`: the
+vectors of the run it serves, without towers. `mmjax export`, `recommend` and
+`report` are thin wrappers over these objects.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -22,33 +26,28 @@ import os
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from mmjax import config as config_lib
-from mmjax.data import image_files, store
+from mmjax.config.saved import from_saved
+from mmjax.data import ids, image_files, store
 from mmjax.data.catalog import TRAIN
 from mmjax.data.features import normalize_images
 from mmjax.data.pipeline import text_tokenizer
 from mmjax.errors import MmjaxError
 from mmjax import mesh as mesh_lib
 from mmjax.eval.embed import Embedder
-from mmjax.eval.metrics import topk_from_embeddings
 from mmjax.models.model import DataShapes, build_model
 from mmjax.postprocess import choose, item_id_table, user_refit
-from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.checkpoint import BestCheckpoint, Checkpointer
+from mmjax.train.trainer import SERVED
 from mmjax.train.optimizer import make_optimizer
 from mmjax.train.step import init_state
 from mmjax.data.resolve import resolve_data_dir
+from mmjax.queries import Queries, Scored  # noqa: F401 (Scored: public)
 
 
-@dataclasses.dataclass(frozen=True)
-class Scored:
-  """One result row: an item, its score and its text."""
-  item: int
-  score: float
-  text: str
-
-
-class TrainedModel:
+class TrainedModel(Queries):
   """Item/user embeddings and queries of one parameter snapshot of a run.
 
   Embeddings of the whole catalog are computed once, on first use.
@@ -165,27 +164,7 @@ class TrainedModel:
     return np.asarray(self._embedder.images(self._params, self._buffers,
                                             normalize_images(images)))
 
-  # -- queries -----------------------------------------------------------
-
-  def seen(self, user: int) -> np.ndarray:
-    """Every item `user` interacted with (all splits), oldest first."""
-    self._check_id("user", user, self.num_users)
-    pairs = self.catalog.interactions
-    return pairs[pairs[:, 0] == user, 1]
-
-  def recommend(self, user: int, k: int = 10) -> list[Scored]:
-    """Top-k items for `user` by the model's score, seen items excluded."""
-    seen = self.seen(user)
-    self._check_k(k, self.num_items - len(np.unique(seen)))
-    u, v = self.scoring_vectors
-    return self._top(u[user], v, seen, k)
-
-  def similar(self, item: int, k: int = 10) -> list[Scored]:
-    """The k items whose (fused) item vectors are nearest to `item`'s."""
-    self._check_id("item", item, self.num_items)
-    self._check_k(k, self.num_items - 1)
-    v = self.item_embeddings["item"]
-    return self._top(v[item], v, np.asarray([item]), k)
+  # -- queries (recommend, similar, seen: mmjax.queries) -------------------
 
   def search(self, text: str, k: int = 10) -> list[Scored]:
     """Text -> items: the query's aligned text vector against the items'
@@ -194,25 +173,21 @@ class TrainedModel:
     gallery = self.item_embeddings["z_image" if self.has_images else "z_text"]
     return self._top(self.encode_text([text])[0], gallery, np.asarray([], np.int32), k)
 
-  def _top(self, query, gallery, exclude, k) -> list[Scored]:
-    exclude = np.asarray(exclude, np.int32).reshape(1, -1)
-    if not exclude.size:
-      exclude = np.full((1, 1), -1, np.int32)   # -1 pads: nothing excluded.
-    top = topk_from_embeddings(query[None], gallery, exclude, k)[0]
-    scores = gallery[top].astype(np.float32) @ query.astype(np.float32)
-    return [Scored(int(i), float(s), self.catalog.item_text[i])
-            for i, s in zip(top, scores)]
+  @property
+  def item_text(self) -> list[str]:
+    return self.catalog.item_text
 
-  @staticmethod
-  def _check_id(kind: str, value, count: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-        or not 0 <= value < count:
-      raise MmjaxError(f"unknown {kind} {value!r}: {kind} ids are 0..{count - 1}")
+  @property
+  def _id_maps(self) -> tuple[ids.IdMap, ids.IdMap]:
+    return self.catalog.user_map, self.catalog.item_map
 
-  @staticmethod
-  def _check_k(k: int, available: int) -> None:
-    if not 1 <= k <= available:
-      raise MmjaxError(f"k={k} must be in [1, {available}] (the items available)")
+  @property
+  def _interactions(self) -> np.ndarray:
+    return self.catalog.interactions
+
+  @property
+  def _similar_vectors(self) -> np.ndarray:
+    return self.item_embeddings["item"]
 
 
 def _image_batch(images, size: int) -> np.ndarray:
@@ -242,55 +217,22 @@ def _image_batch(images, size: int) -> np.ndarray:
 # -- loading ---------------------------------------------------------------
 
 def _read_summary(workdir: str) -> dict:
-  path = os.path.join(workdir, "summary.json")
-  if not os.path.isfile(path):
+  path = epath.Path(workdir) / "summary.json"
+  if not path.exists():
     raise MmjaxError(f"{path} not found: the run has not finished "
                      "(`mmjax train` writes it at the end)")
   try:
-    with open(path) as f:
-      summary = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+    summary = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
     raise MmjaxError(f"cannot read {path}: {e}") from None
-  if "config" not in summary:
+  if not isinstance(summary, dict) or "config" not in summary:
     raise MmjaxError(f"{path} has no 'config'")
   return summary
 
 
-# What rebuilding the model and its train state reads; the other sections
-# (losses, the feature graph, post-processing, ...) only steered training or
-# evaluation.
-_REBUILT_FROM = ("seed", "data", "model", "train")
-
-
-def _known(node, values: dict, prefix: str, unknown: list[str]) -> dict:
-  """`values` without the keys `node` lacks (collected in `unknown`)."""
-  out = {}
-  for key, value in values.items():
-    if key not in node:
-      unknown.append(prefix + key)
-    elif isinstance(value, dict) and isinstance(node[key], ml_collections.ConfigDict):
-      out[key] = _known(node[key], value, f"{prefix}{key}.", unknown)
-    else:
-      out[key] = value
-  return out
-
-
 def config_of(summary: dict, path: str) -> ml_collections.ConfigDict:
-  """The run's resolved config on top of today's defaults.
-
-  A key this version lacks is an error where it shapes the model (seed, data,
-  model, train) and is dropped elsewhere: a run stays loadable after, say, a
-  loss option is renamed.
-  """
-  config = config_lib.default_config()
-  unknown = []
-  values = _known(config, summary["config"], "", unknown)
-  bad = [k for k in unknown if k.split(".")[0] in _REBUILT_FROM]
-  if bad:
-    raise MmjaxError(f"{path}: config keys unknown to this mmjax version: "
-                     + ", ".join(f"config.{k}" for k in bad))
-  config.update(values)
-  return config
+  """The run's resolved config (summary.json) on top of today's defaults."""
+  return from_saved(summary["config"], path)
 
 
 def _data_dir(config, summary: dict) -> str:
@@ -301,39 +243,49 @@ def _data_dir(config, summary: dict) -> str:
   return resolve_data_dir(config.data)
 
 
-def load(workdir: str, step: int | None = None) -> TrainedModel:
-  """A finished run's model at its latest (or the given) checkpoint step."""
-  workdir = os.path.abspath(os.fspath(workdir))
-  if not os.path.isdir(workdir):
+def _local(workdir) -> str:
+  """An absolute path for a local workdir; a URL (gs://...) as it is."""
+  workdir = os.fspath(workdir)
+  return workdir if "://" in workdir else os.path.abspath(workdir)
+
+
+def load(workdir: str, step: int | None = None):
+  """A finished run's model: its best-valid state (<workdir>/best; the
+  latest checkpoint for a run that kept none), or the checkpoint of the
+  given step. A `TrainedModel`, or a `FeatureGraphModel` for a
+  feature-graph run."""
+  workdir = _local(workdir)
+  if not epath.Path(workdir).is_dir():
     raise MmjaxError(f"workdir not found: {workdir}")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  has_summary = os.path.isfile(os.path.join(workdir, "summary.json"))
-  if has_summary and _read_summary(workdir)["config"].get("data", {}).get("name") == "mmrec":
-    raise MmjaxError(f"{workdir} is a feature-graph run (data.name='mmrec'): "
-                     "it keeps no model to load; export/recommend/report need a "
-                     "`mmjax train` run")
-  if not os.path.isdir(ckpt_dir) or not any(d.isdigit() for d in os.listdir(ckpt_dir)):
+  ckpt_dir = epath.Path(workdir) / "checkpoints"
+  if (epath.Path(workdir) / "summary.json").exists() and _read_summary(
+      workdir)["config"].get("data", {}).get("name") == "mmrec":
+    return _load_feature_graph(workdir, step)
+  if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
     raise MmjaxError(f"no checkpoint in {ckpt_dir} (train first: "
                      f"mmjax train --config ... --workdir {workdir})")
   summary = _read_summary(workdir)
-  config = config_of(summary, os.path.join(workdir, "summary.json"))
+  config = config_of(summary, f"{workdir}/summary.json")
   data_dir = _data_dir(config, summary)
   catalog = store.load_catalog(data_dir)
   tokenizer = text_tokenizer(data_dir, config)
   shapes = DataShapes.of(catalog, tokenizer, config.data.max_text_len)
-  model = build_model(config.model, shapes, seed=config.seed)
+  model = build_model(config.model, shapes, seed=config.seed,
+                      caption=config.loss.caption > 0)
   graphdef, state = init_state(model, make_optimizer(config.train), config.seed)
-  ckpt = Checkpointer(workdir, every=config.train.checkpoint_every,
-                      keep=config.train.keep_checkpoints)
-  try:
-    step = ckpt.latest_step() if step is None else step
+  restored = _restore_best(workdir, state) if step is None else None
+  if restored is None:
+    ckpt = Checkpointer(workdir, every=config.train.checkpoint_every,
+                        keep=config.train.keep_checkpoints)
     try:
-      restored = ckpt.restore(state, step=step)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-      raise MmjaxError(f"cannot restore step {step} from {ckpt_dir}: "
-                       f"{str(e).splitlines()[0]}") from None
-  finally:
-    ckpt.close()
+      step = ckpt.latest_step() if step is None else step
+      try:
+        restored = ckpt.restore(state, step=step)
+      except (ValueError, KeyError, FileNotFoundError) as e:
+        raise MmjaxError(f"cannot restore step {step} from {ckpt_dir}: "
+                         f"{str(e).splitlines()[0]}") from None
+    finally:
+      ckpt.close()
   # Inference runs on all local devices, whatever mesh the run trained on.
   mesh = mesh_lib.make_mesh(config_lib.default_config().mesh)
   put = lambda tree: jax.device_put(tree, mesh_lib.replicated(mesh))
@@ -350,3 +302,84 @@ def load(workdir: str, step: int | None = None) -> TrainedModel:
       params=put(params), buffers=put(restored["buffers"]),
       initial=(put(state["params"]), put(state["buffers"])),
       refit=choose.user_refit_vectors(workdir, post, step))
+
+
+def _restore_best(workdir: str, state: dict) -> dict | None:
+  """The best-valid state of <workdir>/best, None where there is none."""
+  if not (epath.Path(workdir) / "best").is_dir():
+    return None
+  best = BestCheckpoint(workdir)
+  try:
+    if best.step() is None:
+      return None
+    return best.restore({k: state[k] for k in SERVED})
+  finally:
+    best.close()
+
+
+# -- feature-graph runs ------------------------------------------------------
+
+class FeatureGraphModel(Queries):
+  """A feature-graph run (data.name="mmrec") as its served vmapped run (the
+  best on valid): user and item scoring vectors, queried by the data's own
+  ids. It has no text or image tower.
+
+  Item ids: MMRec's i_id_mapping.csv in the data dir, else the ids `mmjax
+  features` read (its item_ids.json), else the .inter ints. Item text: the
+  text column of the items table that `mmjax features` read, else the id.
+  """
+
+  has_images = False
+
+  def __init__(self, *, workdir, summary, serving, item_text=None,
+               item_ids=None):
+    self.workdir, self.summary, self.data = workdir, summary, serving.data
+    self.config, self.step = serving.config, serving.step
+    self.run, self.seed = serving.run, serving.seed
+    self._users = np.asarray(serving.users, np.float32)
+    self._items = np.asarray(serving.items, np.float32)
+    self._ids = (ids.IdMap("user", self.num_users, self.data.user_ids),
+                 ids.IdMap("item", self.num_items,
+                           self.data.item_ids or item_ids))
+    self._text = item_text
+
+  num_users = property(lambda self: self._users.shape[0])
+  num_items = property(lambda self: self._items.shape[0])
+  _id_maps = property(lambda self: self._ids)
+  scoring_vectors = property(lambda self: (self._users, self._items))
+  user_embeddings = property(lambda self: self._users)
+  item_embeddings = property(lambda self: {"item": self._items})
+
+  @functools.cached_property
+  def item_text(self) -> list[str]:
+    return self._text or [str(i) for i in self.item_map.to_list()]
+
+  @functools.cached_property
+  def _interactions(self) -> np.ndarray:
+    return np.concatenate([self.data.pairs[s] for s in sorted(self.data.pairs)])
+
+  @functools.cached_property
+  def _similar_vectors(self) -> np.ndarray:
+    norm = np.linalg.norm(self._items, axis=1, keepdims=True)
+    return self._items / np.maximum(norm, 1e-12)
+
+  def _no_tower(self, *_, **__):
+    raise MmjaxError(f"{self.workdir} is a feature-graph run: it has no text "
+                     "or image tower (search and encode_* need a `mmjax "
+                     "train` run)")
+
+  search = encode_text = encode_images = _no_tower
+
+
+def _load_feature_graph(workdir: str, step) -> FeatureGraphModel:
+  from mmjax.feature_extraction import read_back
+  from mmjax.train.feature_graph_serving import restore_serving
+  if step is not None:
+    raise MmjaxError(f"{workdir}: a feature-graph run serves its best run on "
+                     f"valid; step={step} cannot be chosen")
+  serving = restore_serving(workdir)
+  data_cfg = serving.config.data
+  text, item_ids = read_back(data_cfg.feature_dir or data_cfg.dir,
+                             serving.items.shape[0])
+  return FeatureGraphModel(workdir=workdir, summary=_read_summary(workdir),
+                           serving=serving, item_text=text, item_ids=item_ids)

@@ -187,6 +187,8 @@ _COMMANDS = {
     "config": ("show a resolved config", config_main),
     "features": ("compute fixed item features for the feature-graph path",
                  _argparse_command("mmjax.feature_extraction")),
+    "eval": ("evaluate a run again from its best-valid state",
+             _argparse_command("mmjax.reevaluate")),
     "export": ("export a trained model", _argparse_command("mmjax.export")),
     "recommend": ("recommendations from a trained model",
                   _argparse_command("mmjax.recommend")),

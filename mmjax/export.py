@@ -7,7 +7,9 @@ Writes into the out dir (default <workdir>/export):
   items.npy           (N, dim) fused item vectors (what recommend scores)
   items_text.npy      (N, dim) aligned text vectors
   items_image.npy     (N, dim) aligned image vectors (catalogs with images)
-  id_map.json         row r of each .npy -> user_id / item_id (+ item text)
+  id_map.json         row r of each .npy -> user_id / item_id (+ item text):
+                      the data's own ids (SKUs, user names; the dense ints
+                      for data without them)
   users.parquet       user_id, embedding
   items.parquet       item_id, text, embedding, text_embedding[, image_embedding]
   scoring_users.npy   (U, d') and scoring_items.npy (N, d'): their dot
@@ -15,6 +17,8 @@ Writes into the out dir (default <workdir>/export):
                       bias in, and the user refit if postprocess.json chose one)
   export.json         what was written: step, shapes, files
 The other vectors are unit-norm; a user-item dot product is their cosine.
+A feature-graph run has no towers: users.npy and items.npy are its scoring
+vectors and there are no per-modality files.
 """
 
 import argparse
@@ -41,15 +45,16 @@ def _vectors(x: np.ndarray) -> pa.Array:
 
 
 def export(model, out_dir: str) -> dict:
-  """Writes the embeddings of a `mmjax.api.TrainedModel`; returns the manifest."""
+  """Writes the embeddings of a model of `mmjax.load`; returns the manifest."""
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
     raise MmjaxError(f"cannot create export dir {out_dir}: {e.strerror}") from None
   users = model.user_embeddings
   items = {k: v for k, v in model.item_embeddings.items() if k in _ITEM_VECTORS}
-  user_ids = np.arange(model.num_users, dtype=np.int64)
-  item_ids = np.arange(model.num_items, dtype=np.int64)
+  # The data's own ids (the dense ints for data without them), row order.
+  user_ids = model.user_map.to_list()
+  item_ids = model.item_map.to_list()
   # Each file whole or not at all (temp file + rename): a killed export
   # leaves the previous one's files.
   out = lambda name: atomic_write(os.path.join(out_dir, name), "wb")
@@ -67,11 +72,12 @@ def export(model, out_dir: str) -> dict:
       np.save(f, vectors)
     files[name] = vectors.shape
   with atomic_write(os.path.join(out_dir, "id_map.json")) as f:
-    json.dump({"user_id": user_ids.tolist(), "item_id": item_ids.tolist(),
-               "item_text": list(model.catalog.item_text)}, f)
+    json.dump({"user_id": user_ids, "item_id": item_ids,
+               "item_text": list(model.item_text)}, f)
   with out("users.parquet") as f:
-    pq.write_table(pa.table({"user_id": user_ids, "embedding": _vectors(users)}), f)
-  columns = {"item_id": item_ids, "text": pa.array(model.catalog.item_text)}
+    pq.write_table(pa.table({"user_id": model.user_map.column(),
+                             "embedding": _vectors(users)}), f)
+  columns = {"item_id": model.item_map.column(), "text": pa.array(model.item_text)}
   columns.update({_ITEM_VECTORS[k][1]: _vectors(v) for k, v in items.items()})
   with out("items.parquet") as f:
     pq.write_table(pa.table(columns), f)
@@ -96,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
 def run(args) -> None:
   from mmjax.api import load
   model = load(args.workdir)
-  out = os.path.abspath(args.out or os.path.join(model.workdir, "export"))
+  out = args.out or os.path.join(model.workdir, "export")
+  out = out if "://" in out else os.path.abspath(out)
   manifest = export(model, out)
   print(f"exported step {manifest['step']}: {manifest['num_users']} users, "
         f"{manifest['num_items']} items, dim {manifest['dim']} -> {out}")

@@ -1,10 +1,12 @@
 """`mmjax features`: MMRec-style item feature files from pretrained towers.
 
-Reads a raw items table (.tsv/.csv) whose ids are exactly 0..N-1, runs the
+Reads a raw items table (.tsv/.csv) whose ids are 0..N-1 (rows in id order)
+or the items' own ids such as SKUs (rows in file order), runs the
 text column through an HF BERT-family folder (e.g. all-MiniLM-L6-v2) and
 optionally an image column through an HF ViT/CLIP folder, both loaded by
 `hf_import`, and writes `text_feat.npy` / `image_feat.npy` (float32, row i =
-item i) plus `features.json` describing how they were made:
+item i), `item_ids.json` (row i's id) and `features.json` describing how
+they were made:
 
   mmjax features --items items.tsv --id_column itemID --text_column title \
       --text_model DIR --max_length 64 --pooling mean --out DIR
@@ -70,7 +72,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def read_items(path: str, id_column: str, columns: list[str]) -> dict:
-  """{column: values in id order} of a table whose ids are 0..N-1, unique."""
+  """{column: values} of an items table, `id_column` included.
+
+  Integer ids must be 0..N-1, each once: the rows come in id order (MMRec's
+  row i is item i). Any other ids (e.g. SKUs) are the items' own ids, kept
+  as strings: they must be unique and the rows stay in file order.
+  """
   if not os.path.isfile(path):
     raise MmjaxError(f"items file not found: {path}")
   delimiter = "\t" if path.endswith((".tsv", ".inter")) else ","
@@ -87,22 +94,38 @@ def read_items(path: str, id_column: str, columns: list[str]) -> dict:
                      f"{e.start})") from None
   except csv.Error as e:
     raise MmjaxError(f"{path}: cannot parse ({e})") from None
-  ids = []
-  for line, row in enumerate(rows, start=2):
-    try:
-      ids.append(int(row[id_column]))
-    except (TypeError, ValueError):
-      raise MmjaxError(f"{path}:{line}: {id_column}={row[id_column]!r} is not "
-                       "an integer") from None
+  raw = [(row[id_column] or "").strip() for row in rows]
+  columns = list(dict.fromkeys(columns + [id_column]))
+  ids = [_int(v) for v in raw]
+  if None in ids:   # The items' own ids: file order.
+    first: dict[str, int] = {}
+    for line, v in enumerate(raw, start=2):
+      if not v:
+        raise MmjaxError(f"{path}:{line}: {id_column} is empty")
+      if first.setdefault(v, line) != line:
+        raise MmjaxError(f"{path}:{line}: {id_column}={_short(v)!r} repeats "
+                         f"line {first[v]}")
+    out = {c: [row[c] for row in rows] for c in columns}
+    out[id_column] = raw
+    return out
   if sorted(ids) != list(range(len(ids))):   # Python ints: no overflow.
     dup = sorted(v for v, c in collections.Counter(ids).items() if c > 1)[:5]
     missing = sorted(set(range(len(ids))) - set(ids))[:5]
     outside = [_short(v) for v in ids if not 0 <= v < len(ids)][:5]
-    raise MmjaxError(f"{path}: {id_column} must be 0..{len(ids) - 1}, each once "
-                     f"(MMRec row order); duplicated: {dup}, missing: {missing}"
-                     + (f", out of range: {outside}" if outside else ""))
+    raise MmjaxError(f"{path}: integer {id_column} must be 0..{len(ids) - 1}, "
+                     f"each once (MMRec row order); duplicated: {dup}, missing: "
+                     f"{missing}" + (f", out of range: {outside}" if outside else ""))
   order = sorted(range(len(ids)), key=ids.__getitem__)
-  return {c: [rows[i][c] for i in order] for c in columns}
+  out = {c: [rows[i][c] for i in order] for c in columns}
+  out[id_column] = sorted(ids)
+  return out
+
+
+def _int(value: str) -> int | None:
+  try:
+    return int(value)
+  except ValueError:
+    return None
 
 
 def _short(value: int) -> str:
@@ -239,6 +262,7 @@ def image_features(paths: list[str], root: str, model_dir: str, *,
   return feats.astype(np.float32), dict(sorted(loader.skipped.items()))
 
 
+IDS_FILE = "item_ids.json"   # Row i's item id (str or int), in --out.
 _REASONS = {image_files.REFUSED: "refused (outside --image_root)",
             image_files.TOO_LARGE: "over --max_image_pixels",
             image_files.UNSUPPORTED: "not in --image_formats"}
@@ -271,8 +295,14 @@ def run(args) -> dict:
   columns = [c for c in (args.text_column, args.image_column) if c]
   items = read_items(args.items, args.id_column, columns)
   os.makedirs(args.out, exist_ok=True)
+  ids = items[args.id_column]
+  # Row i's own id, for runs on these features to name their items by.
+  with open(os.path.join(args.out, IDS_FILE), "w") as f:
+    json.dump(ids, f)
   record = dict(items=os.path.abspath(args.items), id_column=args.id_column,
-                num_items=len(items[columns[0]]), normalize=args.normalize,
+                num_items=len(ids), normalize=args.normalize,
+                ids_file=IDS_FILE,
+                row_order="file" if ids and isinstance(ids[0], str) else "id",
                 backend=jax.default_backend(), files={})
   if args.text_column:
     t0 = time.time()
@@ -306,3 +336,36 @@ def run(args) -> dict:
   with open(os.path.join(args.out, "features.json"), "w") as f:
     json.dump(record, f, indent=2)
   return record
+
+
+def read_back(feature_dir: str, num_items: int) -> tuple[list | None, list | None]:
+  """(item texts, item ids) of the items table `mmjax features` read into
+  feature_dir, for a run on its features; each None where features.json, the
+  ids file or the table (its text column) is missing, unreadable or not of
+  num_items rows."""
+  try:
+    with open(os.path.join(feature_dir, "features.json")) as f:
+      record = json.load(f)
+    files = record.get("files", {})
+  except (OSError, ValueError, AttributeError):
+    return None, None
+  item_ids = texts = None
+  try:
+    with open(os.path.join(feature_dir, record.get("ids_file", IDS_FILE))) as f:
+      item_ids = json.load(f)
+  except (OSError, ValueError):
+    pass
+  if not isinstance(item_ids, list) or len(item_ids) != num_items:
+    item_ids = None
+  # The text feature file's entry names the text column (an image's, a root).
+  column = next((f.get("column") for f in files.values()
+                 if isinstance(f, dict) and "max_length" in f), None)
+  if column:
+    try:
+      texts = read_items(record["items"], record["id_column"], [column])[column]
+    except (MmjaxError, KeyError, TypeError):
+      texts = None
+  if texts is not None and len(texts) != num_items:
+    texts = None
+  return texts, item_ids
+

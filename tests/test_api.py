@@ -200,6 +200,23 @@ def test_recommend_ranks_unseen_items_by_score(model):
   assert recs[0].text == model.catalog.item_text[expected[0]]
 
 
+def test_ids_in_text_form_and_batched_users_rank_as_one_user_does(model):
+  """Without own ids the dense ints are the ids: "5" finds user 5, and a
+  result's id is its item index. Users ranked together (in batches of 3)
+  get what each gets alone."""
+  alone = model.recommend(5, 6)
+  assert model.recommend("5", 6) == alone
+  assert [r.id for r in alone] == [r.item for r in alone]
+  users = [5, 0, "7", 47]
+  together = model.recommend(users=users, k=6)
+  assert together == [model.recommend(u, 6) for u in users]
+  batches = list(model.recommend_batches(6, batch_users=3))
+  assert [b[0] for b in batches] == list(range(model.num_users))
+  np.testing.assert_array_equal(batches[5][1], [r.item for r in alone])
+  np.testing.assert_allclose(batches[5][2], [r.score for r in alone], rtol=1e-6)
+  assert model.similar("11", 3) == model.similar(11, 3)
+
+
 def test_similar_is_nearest_by_cosine_without_the_item(model):
   item, k = 11, 5
   v = model.item_embeddings["item"]
@@ -237,7 +254,10 @@ def test_search_ranks_items_by_image_similarity_to_the_query(model):
 @pytest.mark.parametrize("call, message", [
     (lambda m: m.recommend(10**6), "unknown user 1000000"),
     (lambda m: m.recommend(-1), "unknown user -1"),
-    (lambda m: m.recommend("3"), "unknown user '3'"),
+    (lambda m: m.recommend("x3"), "unknown user 'x3': user ids are 0..47"),
+    (lambda m: m.recommend(True), "unknown user True"),
+    (lambda m: m.recommend(users=[1, 48]), "unknown user 48"),
+    (lambda m: m.recommend(), "one of user= or users="),
     (lambda m: m.similar(96), "unknown item 96: item ids are 0..95"),
     (lambda m: m.recommend(0, k=0), "k=0"),
     (lambda m: m.similar(0, k=96), "k=96"),
@@ -268,5 +288,5 @@ def test_load_errors_name_the_problem(tmp_path, trained_workdir):
     mmjax.load(no_summary)
   summary["config"]["data"]["name"] = "mmrec"   # A feature-graph run's summary.
   (tmp_path / "summary.json").write_text(json.dumps(summary))
-  with pytest.raises(MmjaxError, match="feature-graph run"):
-    mmjax.load(tmp_path)
+  with pytest.raises(MmjaxError, match="config.json not found: not a training workdir"):
+    mmjax.load(tmp_path)   # Loaded as one: restore_serving reads config.json.

@@ -102,12 +102,14 @@ def test_recommend_similar_and_text(model, trained_workdir, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("args, needle", [
-    (("--user", 48), "unknown user 48: user ids are 0..47"),
-    (("--similar", 500), "unknown item 500: item ids are 0..95"),
+    (("--user", 48), "unknown user '48': user ids are 0..47"),
+    (("--similar", 500), "unknown item '500': item ids are 0..95"),
     (("--user", 1, "--k", 1000), "k=1000 must be in"),
     (("--user", 1, "--similar", 2), "not allowed with argument"),
-    ((), "one of the arguments --user --similar --text is required"),
-    (("--user", "abc"), "invalid int value: 'abc'"),
+    ((), "one of the arguments --user --similar --text --all-users is required"),
+    (("--user", "abc"), "unknown user 'abc': user ids are 0..47"),
+    (("--all-users",), "--all-users writes a parquet file: give --out"),
+    (("--user", 1, "--out", "x.parquet"), "--out and --batch-users go with --all-users"),
 ])
 def test_recommend_bad_arguments_are_one_error_line(trained_workdir, monkeypatch,
                                                     capsys, args, needle):

@@ -68,6 +68,8 @@ def test_cli_writes_text_and_image_features_in_id_order(items, tmp_path, monkeyp
   assert meta["num_items"] == 6
   assert meta["files"]["image_feat.npy"]["unreadable_rows"] == [4]
   assert meta["files"]["text_feat.npy"]["max_length"] == 8
+  assert meta["row_order"] == "id"
+  assert json.load(open(out / meta["ids_file"])) == list(range(6))
 
   # Row i is item i: the same as the reference on the titles in id order.
   pytest.importorskip("torch")
@@ -91,9 +93,10 @@ def test_real_minilm_rows_match_torch(tmp_path):
 
 
 @pytest.mark.parametrize("rows, message", [
-    ([(0, "a"), (0, "b")], r"must be 0..1, each once .* duplicated: \[0\]"),
+    ([(0, "a"), (0, "b")], r"integer itemID must be 0..1, each once .* duplicated: \[0\]"),
     ([(0, "a"), (2, "b")], r"missing: \[1\]"),
-    ([(0, "a"), ("x", "b")], r"items.tsv:3: itemID='x' is not an integer"),
+    ([("x", "a"), ("y", "b"), ("x", "c")], r"items.tsv:4: itemID='x' repeats line 2"),
+    ([("x", "a"), ("", "b")], r"items.tsv:3: itemID is empty"),
 ])
 def test_bad_ids_are_mmjax_errors(tmp_path, rows, message):
   table = _table(tmp_path / "items.tsv", rows, header=("itemID", "title"))
@@ -108,3 +111,32 @@ def test_bad_columns_and_flags_are_mmjax_errors(tmp_path):
   with pytest.raises(MmjaxError, match="--text_column and --text_model go together"):
     feature_extraction.run(_args("--items", table, "--text_column", "title",
                                  "--out", str(tmp_path)))
+
+
+def test_own_item_ids_keep_file_order_and_are_written(tmp_path):
+  """SKUs (any id that is not an int) are the items' own ids: rows stay in
+  file order, item_ids.json lists them, and `read_back` gives a run on these
+  features the ids and the texts of its feature rows."""
+  skus = ["sku-ea7b6656", "7", "sku-00c0ffee"]
+  table = _table(tmp_path / "items.tsv", [(k, TITLES[i]) for i, k in enumerate(skus)],
+                 header=("itemID", "title"))
+  assert feature_extraction.read_items(table, "itemID", ["title"]) == {
+      "itemID": skus, "title": TITLES[:3]}
+  bert = save_tiny_bert(tmp_path / "bert", WORDS)
+  out = tmp_path / "out"
+  feature_extraction.run(_args("--items", table, "--text_column", "title",
+                               "--text_model", bert, "--max_length", "8",
+                               "--out", str(out)))
+  meta = json.load(open(out / "features.json"))
+  assert meta["row_order"] == "file" and meta["num_items"] == 3
+  assert json.load(open(out / "item_ids.json")) == skus
+  np.testing.assert_allclose(
+      np.load(out / "text_feat.npy")[1],
+      feature_extraction.text_features([TITLES[1]], bert, max_length=8,
+                                       pooling="mean", normalize=True,
+                                       batch_size=4)[0], atol=1e-5)
+  assert feature_extraction.read_back(str(out), 3) == (TITLES[:3], skus)
+  assert feature_extraction.read_back(str(out), 4) == (None, None)   # Other data.
+  (tmp_path / "items.tsv").unlink()   # The table is gone: no texts, still ids.
+  assert feature_extraction.read_back(str(out), 3) == (None, skus)
+  assert feature_extraction.read_back(str(tmp_path), 3) == (None, None)

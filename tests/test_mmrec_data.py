@@ -102,3 +102,29 @@ def test_unreadable_feature_file(root):
   (root / "f.npy").write_text("not numpy")
   with pytest.raises(MmjaxError, match="f.npy: not a readable .npy"):
     mmrec.load(str(root), "d.inter", ["f.npy"])
+
+
+def test_mmrec_id_mappings_give_the_raw_ids(root):
+  """MMRec's u_id_mapping.csv / i_id_mapping.csv (tab-separated, raw id then
+  dense id) name the users and items; without them the .inter ints do."""
+  plain = mmrec.load(str(root), "d.inter")
+  assert plain.user_ids is None and plain.item_map.raws([2]) == [2]
+  (root / "u_id_mapping.csv").write_text(
+      "user_id\tuserID\nA2X\t1\nA1Q\t0\nZZ9\t2\nEXTRA\t7\n")
+  (root / "i_id_mapping.csv").write_text("asin\titemID\nB01\t0\nB02\t1\nB03\t2\n")
+  d = mmrec.load(str(root), "d.inter")
+  assert d.user_ids == ["A1Q", "A2X", "ZZ9"] and d.item_ids == ["B01", "B02", "B03"]
+  assert d.user_map.index("A2X") == 1 and d.item_map.raw(2) == "B03"
+
+
+@pytest.mark.parametrize("mapping, message", [
+    ("asin\titemID\nB01\t0\nB03\t2\n", r"i_id_mapping.csv: no row for itemID 1"),
+    ("asin\titemID\nB01\t0\nB02\t1\nB01\t2\n", r"item id 'B01' is given twice"),
+    ("asin\titemID\nB01\tx\n", r"i_id_mapping.csv:2: itemID='x' is not an id"),
+    ("asin\tid\nB01\t0\n", r"want a header with 'itemID'"),
+    ("asin\titemID\nB01\t0\t9\n", r"i_id_mapping.csv:2: 3 fields"),
+])
+def test_bad_mapping_files_are_errors(root, mapping, message):
+  (root / "i_id_mapping.csv").write_text(mapping)
+  with pytest.raises(MmjaxError, match=message):
+    mmrec.load(str(root), "d.inter")

@@ -105,6 +105,9 @@ def test_round_trip_through_tfds_and_grain(ingested):
   assert cat.interactions.tolist() == [list(p) for p in kept]
   # Per user, the last kept row is test, the one before valid; u4 has 2: train.
   assert cat.split.tolist() == [0, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0]
+  # The tables' own ids, in dense order; the skipped items g and h are gone.
+  assert cat.item_ids == list("abcdef")
+  assert cat.user_ids == ["u1", "u2", "u3", "u4"]
 
 
 def test_summary_lines_count_skips_and_truncation(ingested):

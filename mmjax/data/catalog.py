@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from mmjax.data import ids
 from mmjax.errors import MmjaxError
 
 TRAIN, VALID, TEST = 0, 1, 2
@@ -38,6 +39,8 @@ class Catalog:
     num_items: number of items N (ids 0..N-1).
     item_attrs: name -> (N,) int32 latent attributes (synthetic data only).
     oracle_scores: (U, N) float32 true preference logits (synthetic only).
+    user_ids, item_ids: the users' and items' own ids (str or int) in dense
+      order, as the raw data names them; None: the dense ints are the ids.
   """
   item_text: list[str]
   item_images: np.ndarray
@@ -47,6 +50,18 @@ class Catalog:
   num_items: int
   item_attrs: dict[str, np.ndarray] | None = None
   oracle_scores: np.ndarray | None = None
+  user_ids: list | None = None
+  item_ids: list | None = None
+
+  @property
+  def user_map(self) -> ids.IdMap:
+    """The users' own ids <-> dense user ids."""
+    return ids.IdMap("user", self.num_users, self.user_ids)
+
+  @property
+  def item_map(self) -> ids.IdMap:
+    """The items' own ids <-> dense item ids."""
+    return ids.IdMap("item", self.num_items, self.item_ids)
 
   @property
   def image_size(self) -> int:
@@ -139,6 +154,13 @@ class Catalog:
                          f"got {self.oracle_scores.shape}")
       if not np.isfinite(self.oracle_scores).all():
         raise MmjaxError("catalog.oracle_scores must be finite")
+    for kind, raw, count in (("user", self.user_ids, u),
+                             ("item", self.item_ids, n)):
+      if raw is not None:
+        try:
+          ids.check_raw(kind, raw, count)
+        except MmjaxError as e:
+          raise MmjaxError(f"catalog.{kind}_ids: {e}") from None
     return self
 
 

@@ -11,7 +11,8 @@ whose row i describes item i.
 Every problem found raises MmjaxError naming the file (and line or row),
 before anything sized by the ids is allocated: ids must fit int32 and be
 roughly dense (as MMRec's re-indexed 0..N-1 ids are). A UTF-8 byte-order
-mark is accepted; identical rows are dropped and counted.
+mark is accepted; identical rows are dropped and counted. MMRec's id mapping
+files beside the .inter file, if there, give the users' and items' raw ids.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import zipfile
 
 import numpy as np
 
+from mmjax.data import ids
 from mmjax.data.catalog import SPLIT_NAMES, TEST, TRAIN, VALID
 from mmjax.errors import MmjaxError
 
@@ -44,6 +46,8 @@ class MMRecData:
     num_users, num_items: max id + 1, over all splits.
     dropped_cold: split index -> rows dropped as cold-start users.
     dropped_repeated: rows dropped as repeats of an earlier identical row.
+    user_ids, item_ids: raw ids of the dense ids, from MMRec's mapping files
+      (ids.MMREC_MAPPINGS) in the data dir; None: the .inter ids are the ids.
   """
   pairs: dict[int, np.ndarray]
   features: dict[str, np.ndarray]
@@ -51,6 +55,16 @@ class MMRecData:
   num_items: int
   dropped_cold: dict[int, int]
   dropped_repeated: int = 0
+  user_ids: list | None = None
+  item_ids: list | None = None
+
+  @property
+  def user_map(self) -> ids.IdMap:
+    return ids.IdMap("user", self.num_users, self.user_ids)
+
+  @property
+  def item_map(self) -> ids.IdMap:
+    return ids.IdMap("item", self.num_items, self.item_ids)
 
   def user_items(self, split_id: int) -> list[np.ndarray]:
     """Per user, the items of one split (in file order)."""
@@ -215,9 +229,12 @@ def load(data_dir: str, inter_file: str, feature_files=(), feature_dir: str = ""
       raise MmjaxError(f"feature file {name}: modality name {stem!r} given twice")
     features[stem] = load_features(
         os.path.join(feature_dir or data_dir, name), n_items)
-  return MMRecData(pairs=pairs, features=features, num_users=int(users.max()) + 1,
+  n_users = int(users.max()) + 1
+  return MMRecData(pairs=pairs, features=features, num_users=n_users,
                    num_items=n_items, dropped_cold=dropped,
-                   dropped_repeated=repeated)
+                   dropped_repeated=repeated,
+                   user_ids=ids.read_mmrec_mapping(data_dir, "user", n_users),
+                   item_ids=ids.read_mmrec_mapping(data_dir, "item", n_items))
 
 
 def feature_file_list(value) -> tuple[str, ...]:

@@ -4,7 +4,8 @@
 (raw_source.py for plain tables, clothing.py for the clothing photos),
 validates it, decodes the images, splits the interactions and writes the same
 TFDS ArrayRecord data dir as the synthetic catalog (store.py), so the trainer
-reads both alike. Raw data has no oracle and no latent attributes.
+reads both alike. Raw data has no oracle and no latent attributes. The tables'
+own user and item ids (as written) are kept in the catalog, in dense order.
 
 The data dir is cached under a hash of the table files' bytes, the images'
 paths, sizes and mtimes, and every ingestion option: a second run with the
@@ -32,7 +33,7 @@ from mmjax.errors import MmjaxError
 
 ADAPTERS = {"table": raw_source.from_tables, "clothing": clothing.from_csv}
 # Bump when ingestion changes what it writes for the same inputs.
-INGEST_VERSION = 2
+INGEST_VERSION = 3
 MIN_SPLIT_INTERACTIONS = 3   # A user needs one train, valid and test item.
 
 
@@ -71,11 +72,12 @@ def _first_rows(*columns) -> np.ndarray:
   return np.asarray(first, bool)
 
 
-def _dense(values) -> tuple[np.ndarray, int]:
-  """Strings -> 0-based ids in order of first appearance, and their count."""
+def _dense(values) -> tuple[np.ndarray, list[str]]:
+  """Strings -> 0-based ids in order of first appearance, and the strings
+  of ids 0, 1, ..."""
   ids: dict[str, int] = {}
   out = np.asarray([ids.setdefault(v, len(ids)) for v in values], np.int32)
-  return out, len(ids)
+  return out, list(ids)
 
 
 def per_user_split(users: np.ndarray, valid_fraction: float,
@@ -115,7 +117,7 @@ def build_catalog(src, raw_cfg) -> tuple[catalog_lib.Catalog, dict]:
   first = _first_rows(src.users, src.items, src.splits or [0] * len(src.items))
   has_image = new_id[item_rows] >= 0
   kept = has_image & first
-  users, num_users = _dense(np.asarray(src.users)[kept])
+  users, user_ids = _dense(np.asarray(src.users, dtype=object)[kept])
   if src.splits is not None:
     split = np.asarray(src.splits, np.int8)[kept]
   else:
@@ -132,7 +134,9 @@ def build_catalog(src, raw_cfg) -> tuple[catalog_lib.Catalog, dict]:
   catalog = catalog_lib.Catalog(
       item_text=texts, item_images=loaded.pixels,
       interactions=np.stack([users, new_id[item_rows][kept]], 1).astype(np.int32),
-      split=split, num_users=num_users, num_items=int(ok.sum())).validate()
+      split=split, num_users=len(user_ids), num_items=int(ok.sum()),
+      user_ids=user_ids,
+      item_ids=[i for i, keep in zip(src.item_ids, ok) if keep]).validate()
   skipped = [n for n, keep in zip(src.image_names, ok) if not keep]
   report = dict(
       images=dict(read=int(ok.sum()), missing=loaded.count(image_files.MISSING),

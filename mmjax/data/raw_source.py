@@ -10,7 +10,7 @@ Both tables are CSV, or tab-separated when named *.tsv / *.inter (MMRec's
 `userID itemID rating x_label` files read as-is with renamed columns). Column
 names are configurable (config.data.raw.columns); the optional split column
 holds train/valid/test or MMRec's 0/1/2. Ids stay strings here; `raw.py`
-makes them dense. Every row remembers its "file:line" for error messages.
+makes them dense and keeps these strings as the catalog's own ids. Every row remembers its "file:line" for error messages.
 Tables are UTF-8, with or without a byte-order mark.
 
 An image path must stay inside image_root after symlinks (an absolute one

@@ -78,7 +78,33 @@ def _metrics_section(summary: dict, peers: dict | None) -> str:
   retrieval = summary.get("retrieval")
   if retrieval:
     out.append(_table(list(retrieval), [[_fmt(v) for v in retrieval.values()]]))
+  rep = summary.get("representation")
+  if rep:   # Effective rank (RankMe) per modality, and the modality gap.
+    out.append(_table(
+        ["aligned vectors", "effective rank", "of dim", "modality gap"],
+        [["text", _fmt(rep["text"]["effective_rank"]), str(rep.get("dim", "")),
+          _fmt(rep["modality_gap"])],
+         ["image", _fmt(rep["image"]["effective_rank"]), str(rep.get("dim", "")), ""]]))
+  best = summary.get("best")
+  if best:
+    out.append(f'<p class="note">tested state: step {best["step"]}, the best valid '
+               f'{html.escape(best["metric"])}</p>')
   return "\n".join(out)
+
+
+def _served_section(summary: dict) -> str:
+  """A feature-graph run: each seed's best valid epoch and test recall@20
+  (at the chosen grid point), and which run serves."""
+  served = summary.get("served_run")
+  if not served:
+    return ""
+  tests = summary.get("seeds") or [summary["test"]]
+  rows = [[str(seed), str(epoch), _fmt(test.get("recall@20")),
+           "served" if seed == served["seed"] else ""]
+          for seed, epoch, test in zip(summary["seed_list"], summary["best_epochs"],
+                                       tests)]
+  return ("<h2>Runs: best valid epoch and test recall@20 per seed</h2>\n"
+          + _table(["seed", "best epoch", "test recall@20", ""], rows))
 
 
 def _curves_section(workdir: str) -> str:
@@ -137,8 +163,12 @@ def _alignment_section(model) -> str:
 
 def build_report(model, out_path: str, *, peers: dict | None = None,
                  queries: list[str] | None = None) -> str:
-  """Writes the page for a `mmjax.api.TrainedModel`; returns its path."""
+  """Writes the page for a `mmjax.api.TrainedModel` or `FeatureGraphModel`
+  (no towers: its curves, metrics and served run); returns its path."""
   data = model.summary.get("data", {})
+  towers = hasattr(model, "catalog")
+  interactions = data.get("num_interactions") or sum(
+      data.get(f"num_{s}", 0) for s in ("train", "valid", "test"))
   title = f"mmjax run {os.path.basename(model.workdir)}"
   parts = [
       f"<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
@@ -147,15 +177,18 @@ def build_report(model, out_path: str, *, peers: dict | None = None,
       f"<h1>{html.escape(title)}</h1>",
       f"<p>{html.escape(model.workdir)} &middot; step {model.step} &middot; "
       f"{model.num_items} items, {model.num_users} users, "
-      f"{data.get('num_interactions', len(model.catalog.interactions))} "
-      f"interactions &middot; data {html.escape(str(data.get('dir', '')))}</p>",
+      f"{interactions} interactions &middot; data "
+      f"{html.escape(str(data.get('dir', '')))}</p>",
       _curves_section(model.workdir),
       _metrics_section(model.summary, peers),
-      _retrieval_section(model, [(q, None) for q in queries] if queries
-                         else default_queries(model)),
-      _alignment_section(model),
-      "</body></html>",
   ]
+  if towers:
+    parts += [_retrieval_section(model, [(q, None) for q in queries] if queries
+                                 else default_queries(model)),
+              _alignment_section(model)]
+  else:
+    parts.append(_served_section(model.summary))
+  parts.append("</body></html>")
   try:
     with atomic_write(out_path, encoding="utf-8") as f:
       f.write("\n".join(parts))
