@@ -122,6 +122,38 @@ def test_write_is_quiet_and_replaces(tmp_path, capsys):
   assert os.listdir(other) == ["precious.txt"]
 
 
+def test_own_ids_round_trip_in_ids_json(tmp_path):
+  """A catalog's own ids (str or int) come back as written; a catalog
+  without them writes no ids.json and its ids are the dense ints."""
+  cat = synthetic.generate(synthetic.SyntheticSpec(
+      num_items=40, num_users=20, interactions_per_user=10, image_size=8))
+  store.write_catalog(cat, str(tmp_path / "plain"), tokenizer_vocab=128)
+  assert "ids.json" not in os.listdir(tmp_path / "plain")
+  plain = store.load_catalog(str(tmp_path / "plain"))
+  assert plain.user_ids is None and plain.user_map.raws([3, 19]) == [3, 19]
+  cat.user_ids = [f"user{u}" for u in range(20)]
+  cat.item_ids = [1000 + i for i in range(39)] + ["sku-ea7b6656"]
+  store.write_catalog(cat, str(tmp_path / "own"), tokenizer_vocab=128)
+  back = store.load_catalog(str(tmp_path / "own"))
+  assert back.user_ids == cat.user_ids and back.item_ids == cat.item_ids
+  assert back.item_map.index("1005") == back.item_map.index(1005) == 5
+  assert back.user_map.raw(7) == "user7"
+
+
+@pytest.mark.parametrize("user_ids, message", [
+    (["a"] * 20, r"catalog.user_ids: user id 'a' is given twice \(indices 0 and 1\)"),
+    (["a", "b"], "catalog.user_ids: user ids: 2 given for 20 users"),
+    ([f"u{u}" for u in range(19)] + [1.5], "user ids must be str or int, got 1.5"),
+    ([str(u) for u in range(19)] + [3], "user id 3 is given twice"),
+])
+def test_bad_own_ids_are_refused(user_ids, message):
+  cat = synthetic.generate(synthetic.SyntheticSpec(
+      num_items=40, num_users=20, interactions_per_user=10, image_size=8))
+  cat.user_ids = user_ids
+  with pytest.raises(MmjaxError, match=message):
+    cat.validate()
+
+
 def test_write_rejects_bad_catalog(tmp_path):
   cat = synthetic.generate(synthetic.SyntheticSpec(
       num_items=40, num_users=20, interactions_per_user=10, image_size=8))

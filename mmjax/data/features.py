@@ -112,3 +112,32 @@ def augment_images(images: np.ndarray, rng: np.random.Generator, max_shift: int 
   scale = rng.uniform(0.9, 1.1, (b, 1, 1, 1)).astype(np.float32)
   shift = rng.uniform(-0.1, 0.1, (b, 1, 1, 1)).astype(np.float32)
   return np.clip(out * scale + shift, -1.0, 1.0)
+
+
+# normalize_images of every uint8 level: a pixel map becomes a table lookup.
+_LEVELS = normalize_images(np.arange(256, dtype=np.uint8))
+
+
+def model_images(images: np.ndarray, rng: np.random.Generator | None,
+                 max_shift: int = 2) -> np.ndarray:
+  """uint8 (B, H, W, 3) -> the model's float32 images: `normalize_images`,
+  then with an rng `augment_images` (the same draws, the same values).
+
+  Shifts the uint8 pixels (a quarter of the bytes) and folds normalization,
+  brightness/contrast and clipping into one 256-entry table per image, so
+  each pixel is read and written once in float32; edge padding and a
+  per-pixel map commute, so the values are exactly those of the two steps.
+  """
+  if rng is None:
+    return _LEVELS.take(images)
+  b, h, w, _ = images.shape
+  m = max_shift
+  padded = np.pad(images, ((0, 0), (m, m), (m, m), (0, 0)), mode="edge")
+  dy, dx = rng.integers(0, 2 * m + 1, (2, b))
+  scale = rng.uniform(0.9, 1.1, (b, 1)).astype(np.float32)
+  shift = rng.uniform(-0.1, 0.1, (b, 1)).astype(np.float32)
+  tables = np.clip(_LEVELS[None, :] * scale + shift, -1.0, 1.0)
+  out = np.empty(images.shape, np.float32)
+  for k, (y, x) in enumerate(zip(dy, dx)):
+    np.take(tables[k], padded[k, y:y + h, x:x + w], out=out[k])
+  return out

@@ -1,17 +1,19 @@
 """The grain train pipeline: interactions -> batches with joined item features.
 
-Streams the catalog's train interactions (read from its TFDS ArrayRecord
-files by `store.load_catalog`) through grain: seeded global
-shuffle (a new order every epoch), per-process sharding, batching, then one
-vectorized random transform per batch (item join, BERT masking, image
-normalization + augmentation, history sampling). Its randomness is seeded by
-the batch's position in the stream, so the stream is reproducible and
-resumable from grain's iterator state. Prefetch runs in threads, or in worker
-processes with `data.worker_count > 0`.
+Streams the train interactions through grain: seeded global shuffle (a new
+order every epoch), per-process sharding, batching, then one vectorized
+random transform per batch (item join, BERT masking, image normalization +
+augmentation, history sampling). Its randomness is seeded by the batch's
+position in the stream, so the stream is reproducible and resumable from
+grain's iterator state. Prefetch runs in threads, or in worker processes
+with `data.worker_count > 0`.
 
-Items are tokenized once, up front, into an in-memory `ItemFeatures` table,
-and interactions stream from memory: per-example tokenization and record
-decoding would cost more CPU than the train step on a small machine.
+Items are joined per batch from the data dir's item records
+(`stream.ItemRecords`: read, tokenized and cached within a bounded number of
+items), so no process holds the whole catalog; the interactions, which the
+history sampling needs in full, are held as small int arrays.
+`ItemFeatures` is the in-memory join of the same values, for evaluation-size
+catalogs and as the reference the streamed join is tested against.
 """
 
 import dataclasses
@@ -22,9 +24,8 @@ from absl import flags
 import numpy as np
 
 from mmjax.data import store
-from mmjax.data.catalog import TRAIN
-from mmjax.data.features import (TextTokenizer, augment_images, mask_tokens,
-                                 normalize_images)
+from mmjax.data.features import TextTokenizer, mask_tokens, model_images
+from mmjax.data.stream import ItemRecords, TrainInteractions, _log_popularity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,17 +40,20 @@ class ItemFeatures:
     tokens, mask = tokenizer.encode_all(catalog.item_text)
     return cls(tokens, mask, catalog.item_images)
 
+  def lookup(self, item_ids):
+    """(tokens, mask, uint8 images) of item_ids, as `ItemRecords.lookup`."""
+    return self.tokens[item_ids], self.mask[item_ids], self.images[item_ids]
+
 
 def log_popularity(catalog) -> np.ndarray:
   """log of each item's (smoothed) share of train interactions: logQ."""
-  counts = catalog.item_popularity().astype(np.float64)
-  return np.log((counts + 1.0) / (counts.sum() + len(counts))).astype(np.float32)
+  return _log_popularity(catalog.item_popularity())
 
 
 @dataclasses.dataclass
 class BatchTransform(grain.transforms.RandomMap):
-  """{user_id, item_id} batch -> every model input, vectorized over the batch."""
-  items: ItemFeatures
+  """(B, 2) (user_id, item_id) batch -> every model input, vectorized."""
+  items: ItemFeatures | ItemRecords
   tokenizer: TextTokenizer
   histories: np.ndarray   # (U, max train items) int32, -1 padded
   log_q: np.ndarray
@@ -60,9 +64,9 @@ class BatchTransform(grain.transforms.RandomMap):
   co_items: bool = False   # Also another train item of each user (loss.co_item).
 
   def random_map(self, batch, rng: np.random.Generator):
-    users = np.asarray(batch["user_id"], np.int32)
-    item_ids = np.asarray(batch["item_id"], np.int32)
-    tokens, mask = self.items.tokens[item_ids], self.items.mask[item_ids]
+    pairs = np.asarray(batch, np.int32)
+    users, item_ids = pairs[:, 0].copy(), pairs[:, 1].copy()
+    tokens, mask, images = self.items.lookup(item_ids)
     mlm_tokens, positions, labels = mask_tokens(
         tokens, mask, self.tokenizer, self.mlm_prob, self.mlm_max_predictions, rng)
     # Each user's train items other than the target: the pool of both the
@@ -71,20 +75,17 @@ class BatchTransform(grain.transforms.RandomMap):
     ok = (hist >= 0) & (hist != item_ids[:, None])
     out = dict(
         user_id=users, item_id=item_ids, tokens=tokens, mask=mask,
-        image=self._images(item_ids, rng),
+        image=model_images(images, rng if self.augment else None),
         mlm_tokens=mlm_tokens, mlm_positions=positions, mlm_labels=labels,
         history=self._sample_histories(hist, ok, rng),
         log_q=self.log_q[item_ids])
     if self.co_items:
       co = self._sample_co_items(hist, ok, rng)
       shown = np.where(co >= 0, co, item_ids)   # Rows without one: masked out.
-      out.update(co_item_id=co, co_tokens=self.items.tokens[shown],
-                 co_mask=self.items.mask[shown], co_image=self._images(shown, rng))
+      co_tokens, co_mask, co_images = self.items.lookup(shown)
+      out.update(co_item_id=co, co_tokens=co_tokens, co_mask=co_mask,
+                 co_image=model_images(co_images, rng if self.augment else None))
     return out
-
-  def _images(self, item_ids, rng):
-    images = normalize_images(self.items.images[item_ids])
-    return augment_images(images, rng) if self.augment else images
 
   @staticmethod
   def _sample_co_items(hist, ok, rng):
@@ -107,10 +108,6 @@ class BatchTransform(grain.transforms.RandomMap):
                     np.take_along_axis(picked, order, 1), -1).astype(np.int32)
 
 
-def _ids(pair: np.ndarray) -> dict:
-  return dict(user_id=pair[0], item_id=pair[1])
-
-
 def text_tokenizer(data_dir: str, config) -> TextTokenizer:
   """The text tower's tokenizer: config.model.text.init_from's, else the
   catalog's WordPiece."""
@@ -121,24 +118,31 @@ def text_tokenizer(data_dir: str, config) -> TextTokenizer:
 def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
                   tokenizer: TextTokenizer | None = None,
-                  co_items: bool = False) -> grain.IterDataset:
+                  co_items: bool = False,
+                  items: ItemFeatures | None = None) -> grain.IterDataset:
   """The endless, checkpointable stream of this process's train batches
   (tokenized by `tokenizer`, by default the catalog's); `co_items` adds the
-  inputs of loss.co_item (co_item_id, co_tokens, co_mask, co_image)."""
+  inputs of loss.co_item (co_item_id, co_tokens, co_mask, co_image).
+
+  `catalog` (the data dir's, loaded) only saves re-reading the interactions;
+  None reads them from data_dir. Items stream from data_dir's records unless
+  `items` gives them in memory; both give the same batches.
+  """
   if tokenizer is None:
     tokenizer = TextTokenizer(store.tokenizer_path(data_dir), data_cfg.max_text_len)
-  longest = max(1, int(np.bincount(catalog.split_pairs(TRAIN)[:, 0]).max()))
+  inter = (TrainInteractions.read(data_dir) if catalog is None
+           else TrainInteractions.from_catalog(catalog))
+  if items is None:
+    items = ItemRecords(data_dir, tokenizer, data_cfg.item_cache)
   transform = BatchTransform(
-      items=ItemFeatures.build(catalog, tokenizer), tokenizer=tokenizer,
-      histories=catalog.user_histories(TRAIN, max_len=longest),
-      log_q=log_popularity(catalog),
+      items=items, tokenizer=tokenizer, histories=inter.histories,
+      log_q=inter.log_q,
       history_len=data_cfg.history_len, mlm_prob=data_cfg.mlm_prob,
       mlm_max_predictions=data_cfg.mlm_max_predictions, augment=data_cfg.augment,
       co_items=co_items)
-  ds = grain.MapDataset.source(catalog.split_pairs(TRAIN))
+  ds = grain.MapDataset.source(inter.pairs)
   ds = ds.shuffle(seed=seed).repeat(None)
   ds = ds[process_index::process_count]
-  ds = ds.map(_ids)
   ds = ds.batch(batch_size // process_count, drop_remainder=True)
   ds = ds.random_map(transform, seed=seed + 1)
   it = ds.to_iter_dataset(grain.ReadOptions(

@@ -5,7 +5,12 @@ Layout of a data dir:
   meta.json             sizes, attribute names, format version (written last)
   tokenizer.json        WordPiece tokenizer trained on the item texts
   oracle_scores.npy     (U, N) float32 true logits, synthetic data only
-  items/1.0.0/          TFDS split "train": item_id, text, image, attributes
+  ids.json              {"users": [...], "items": [...]}: the raw data's own
+                        ids in dense order (raw folders only; without it the
+                        dense ints are the ids)
+  items/1.0.0/          TFDS split "train": item_id, text, image (raw uint8
+                        bytes), attributes; and item_records.npy, (N,) int32:
+                        the record holding each item id
   interactions/1.0.0/   TFDS splits train/valid/test: user_id, item_id, row
 
 TFDS shuffles records on write, so readers must use the stored ids, never
@@ -29,6 +34,7 @@ import tempfile
 import numpy as np
 import tensorflow_datasets as tfds
 import tokenizers
+from tensorflow_datasets.proto import tf_example_pb2
 
 from mmjax import cache as cache_lib
 from mmjax.data import catalog as catalog_lib
@@ -36,10 +42,12 @@ from mmjax.data import synthetic
 from mmjax.data import text
 from mmjax.errors import MmjaxError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: raw image bytes, item_records.npy.
 ITEMS_SPLIT = "train"  # "all" is reserved by TFDS.
 _META, _TOKENIZER, _ORACLE = "meta.json", "tokenizer.json", "oracle_scores.npy"
+_IDS = "ids.json"
 _VERSION = "1.0.0"
+_ITEM_RECORDS = os.path.join("items", _VERSION, "item_records.npy")
 _ITEM_FIELDS = ("item_id", "text", "image")
 # Records decoded per bulk read; bounds memory of the raw bytes in flight.
 _READ_CHUNK = 4096
@@ -107,7 +115,10 @@ def _item_builder(cat, root):
   features = {
       "item_id": tfds.features.Scalar(np.int32),
       "text": tfds.features.Text(),
-      "image": tfds.features.Tensor(shape=(h, w, 3), dtype=np.uint8),
+      # Raw bytes, not TFDS's default of one int64 per pixel: decoding is a
+      # copy instead of a parse, which the per-batch item join depends on.
+      "image": tfds.features.Tensor(shape=(h, w, 3), dtype=np.uint8,
+                                    encoding=tfds.features.Encoding.BYTES),
       **{a: tfds.features.Scalar(np.int32) for a in attrs},
   }
 
@@ -181,10 +192,14 @@ def _write(cat, data_dir, *, tokenizer_vocab, replace, extra_meta=None,
       for builder in (_item_builder(cat, tmp), _interactions_builder(cat, tmp)):
         builder.download_and_prepare(download_dir=downloads)
     shutil.rmtree(downloads, ignore_errors=True)
+    np.save(os.path.join(tmp, _ITEM_RECORDS), _index_item_records(tmp, cat.num_items))
     (tokenizer or text.train_wordpiece(cat.item_text, tokenizer_vocab)).save(
         os.path.join(tmp, _TOKENIZER))
     if cat.oracle_scores is not None:
       np.save(os.path.join(tmp, _ORACLE), cat.oracle_scores)
+    if cat.user_ids is not None or cat.item_ids is not None:
+      with open(os.path.join(tmp, _IDS), "w") as f:
+        json.dump({"users": cat.user_ids, "items": cat.item_ids}, f)
     meta = {
         "format_version": FORMAT_VERSION,
         "num_users": int(cat.num_users),
@@ -243,16 +258,65 @@ def read_meta(data_dir: str) -> dict:
     raise MmjaxError(f"cannot read {path}: {e}") from e
   if meta.get("format_version") != FORMAT_VERSION:
     raise MmjaxError(
-        f"{path}: format_version "
-        f"{meta.get('format_version')!r} is not the supported {FORMAT_VERSION}")
+        f"{path}: format_version {meta.get('format_version')!r} is not the "
+        f"supported {FORMAT_VERSION}; write the data dir again (generated and "
+        "ingested dirs are remade on their own once deleted)")
   return meta
 
 
-def _source(data_dir, name, split):
+def _source(data_dir, name, split, **kwargs):
   read_meta(data_dir)
   builder = tfds.builder_from_directory(
       os.path.join(os.fspath(data_dir), name, _VERSION))
-  return builder.as_data_source(split)
+  return builder.as_data_source(split, **kwargs)
+
+
+def _raw_items(root):
+  """The item records as serialized tf.train.Example bytes."""
+  builder = tfds.builder_from_directory(os.path.join(root, "items", _VERSION))
+  return builder.as_data_source(
+      ITEMS_SPLIT, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+
+
+def _index_item_records(root, num_items) -> np.ndarray:
+  """(N,) int32 record position of each item id, read from the records."""
+  source, ids = _raw_items(root), []
+  for lo in range(0, len(source), _READ_CHUNK):
+    keys = list(range(lo, min(len(source), lo + _READ_CHUNK)))
+    ids += [parse_item(r)[0] for r in source.__getitems__(keys)]
+  index = np.full(num_items, -1, np.int32)
+  index[np.asarray(ids, np.int64)] = np.arange(len(ids), dtype=np.int32)
+  if len(ids) != num_items or (index < 0).any():
+    raise MmjaxError(f"{root}: item ids are not exactly 0..{num_items - 1}")
+  return index
+
+
+def parse_item(record: bytes) -> tuple[int, bytes, bytes]:
+  """(item_id, utf-8 text, raw image bytes) of one serialized item record:
+  only the fields the train stream needs, without TFDS's per-feature decode."""
+  feature = tf_example_pb2.Example.FromString(record).features.feature
+  return (int(feature["item_id"].int64_list.value[0]),
+          feature["text"].bytes_list.value[0],
+          feature["image"].bytes_list.value[0])
+
+
+def open_item_bytes(data_dir: str):
+  """Random-access source of serialized item records (see `parse_item`)."""
+  read_meta(data_dir)
+  return _raw_items(os.fspath(data_dir))
+
+
+def item_records(data_dir: str) -> np.ndarray:
+  """(N,) int32: the position in `open_item_bytes` of each item id's record."""
+  path = os.path.join(os.fspath(data_dir), _ITEM_RECORDS)
+  try:
+    index = np.load(path)
+  except (OSError, ValueError) as e:
+    raise MmjaxError(f"cannot read {path}: {e}") from None
+  if index.ndim != 1 or index.dtype != np.int32:
+    raise MmjaxError(f"{path}: want a 1-d int32 array, got {index.dtype} "
+                     f"{index.shape}; write the data dir again")
+  return index
 
 
 def open_items(data_dir: str):
@@ -273,7 +337,7 @@ def tokenizer_path(data_dir: str) -> str:
   return os.path.join(os.fspath(data_dir), _TOKENIZER)
 
 
-def _read_all(source):
+def read_records(source):
   """All records of a source as a dict of stacked numpy arrays."""
   out = {}
   for lo in range(0, len(source), _READ_CHUNK):
@@ -288,13 +352,13 @@ def load_catalog(data_dir: str) -> catalog_lib.Catalog:
   """Reads a data dir back into a Catalog (items ordered by item_id)."""
   meta = read_meta(data_dir)
   n, u = meta["num_items"], meta["num_users"]
-  items = _read_all(open_items(data_dir))
+  items = read_records(open_items(data_dir))
   order = np.argsort(items["item_id"])
   if not np.array_equal(items["item_id"][order], np.arange(n)):
     raise MmjaxError(f"{data_dir}: item ids are not exactly 0..{n - 1}")
   attrs = {a: items[a][order].astype(np.int32) for a in meta["attributes"]}
 
-  parts = [_read_all(open_interactions(data_dir, s))
+  parts = [read_records(open_interactions(data_dir, s))
            for s in catalog_lib.SPLIT_NAMES]
   rows = np.concatenate([p["row"] for p in parts])
   order_rows = np.argsort(rows)
@@ -304,6 +368,7 @@ def load_catalog(data_dir: str) -> catalog_lib.Catalog:
       [np.full(len(p["row"]), i, np.int8) for i, p in enumerate(parts)])
 
   oracle_file = os.path.join(data_dir, _ORACLE)
+  raw_ids = _read_ids(data_dir)
   return catalog_lib.Catalog(
       item_text=[t.decode("utf-8") for t in items["text"][order]],
       item_images=items["image"][order],
@@ -314,7 +379,24 @@ def load_catalog(data_dir: str) -> catalog_lib.Catalog:
       item_attrs=attrs or None,
       oracle_scores=(np.load(oracle_file) if os.path.exists(oracle_file)
                      else None),
+      user_ids=raw_ids.get("users"),
+      item_ids=raw_ids.get("items"),
   ).validate()
+
+
+def _read_ids(data_dir) -> dict:
+  """ids.json of a data dir ({} without one: the dense ints are the ids)."""
+  path = os.path.join(os.fspath(data_dir), _IDS)
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      raw_ids = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise MmjaxError(f"cannot read {path}: {e}") from None
+  if not isinstance(raw_ids, dict):
+    raise MmjaxError(f"{path}: want {{\"users\": [...], \"items\": [...]}}")
+  return raw_ids
 
 
 # The WordPiece vocabulary the embedded catalog's tokenizer is trained to.
