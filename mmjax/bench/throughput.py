@@ -122,7 +122,8 @@ class JaxRunner:
   compiled program (make_multi_step), k batches stacked per call."""
 
   def __init__(self, config, shapes, batches):
-    model = build_model(config.model, shapes, seed=config.seed)
+    model = build_model(config.model, shapes, seed=config.seed,
+                      caption=config.loss.caption > 0)
     tx = make_optimizer(config.train)
     graphdef, state = init_state(model, tx, config.seed)
     self.graphdef = graphdef

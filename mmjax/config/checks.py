@@ -154,6 +154,7 @@ def _check_between_keys(config) -> None:
         f"config.data.synthetic.interactions_per_user="
         f"{synthetic.interactions_per_user} must be at most num_items // 2 = "
         f"{synthetic.num_items // 2}")
+
   fusion = config.model.fusion
   if fusion.kind == "cross_attention" and config.model.dim % fusion.heads:
     raise MmjaxError(f"config.model.fusion.heads={fusion.heads} must divide "

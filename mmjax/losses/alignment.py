@@ -1,4 +1,6 @@
-"""Distribution-alignment losses between two embedding sets: MMD and CORAL."""
+"""Alignment losses between the text and image embeddings: MMD and CORAL
+(distributions), linear_align (paired, before normalization) and
+decorrelation, the VICReg guard that keeps linear_align from collapsing."""
 import jax
 import jax.numpy as jnp
 
@@ -58,3 +60,43 @@ def coral(x, y):
   y = y.astype(jnp.float32)
   d = x.shape[1]
   return jnp.sum((_cov(x) - _cov(y)) ** 2) / (4. * d * d)
+
+
+def linear_align(p_a, p_b):
+  """mean_i ||p_a[i] - p_b[i]||^2 over the (B, d) projections A x_text and
+  B x_image, before any L2 normalization.
+
+  On its own it is minimised by collapse: A x = B x = const for every input
+  (A = B = 0 in the linear case) gives 0 and says nothing about the items.
+  Pair it with `decorrelation` (or a contrastive term).
+  """
+  d = p_a.astype(jnp.float32) - p_b.astype(jnp.float32)
+  return jnp.mean(jnp.sum(d * d, axis=-1))
+
+
+def decorrelation(p, std_target=1.0, eps=1e-4):
+  """VICReg's variance and covariance terms (Bardes et al. 2022) on one
+  modality's (B, d) batch of projections:
+
+    variance   = mean_j max(0, std_target - sqrt(Var_j + eps))
+    covariance = sum_{j != k} C_jk^2 / d,   C the unbiased covariance.
+
+  Why it stops the collapse that `linear_align` invites: a collapsed batch
+  (every row the same point, or rows on a line) has per-dimension std 0, or
+  every dimension a copy of one, and that is exactly what these terms
+  charge. The variance hinge keeps each dimension's spread over the batch at
+  `std_target` at least, so no shrinking of A or B to a constant (nor of the
+  towers' features) pays off; the covariance term decorrelates the
+  dimensions, so the spread cannot hide in one direction copied d times:
+  the batch keeps a high rank. Both are statistics of the batch, so under
+  data parallelism they must see the global batch (inside the jitted step,
+  on the sharded arrays, as the train step computes them).
+  """
+  x = p.astype(jnp.float32)
+  n, d = x.shape
+  xc = x - jnp.mean(x, axis=0, keepdims=True)
+  cov = xc.T @ xc / max(n - 1, 1)
+  std = jnp.sqrt(jnp.diagonal(cov) + eps)
+  variance = jnp.mean(jax.nn.relu(std_target - std))
+  off = cov - jnp.diag(jnp.diagonal(cov))
+  return variance + jnp.sum(off * off) / d

@@ -20,6 +20,10 @@ this out:
    (k = min(in, out)); it keeps A well conditioned, so it cannot squash the
    input onto a low-rank subspace. The trainer weights it via config.
    The kernel starts orthogonal, so the penalty is zero at initialisation.
+
+loss.linear_align reads `Projection.project`, before the normalisation, so
+guard 1 does not hold there: loss.decorrelation (VICReg's variance and
+covariance terms, mmjax/losses/alignment.py) is its guard.
 """
 
 from __future__ import annotations

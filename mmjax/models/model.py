@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.models import pretrained
-from mmjax.models.aligners import Projection
+from mmjax.models.aligners import Projection, l2_normalize
+from mmjax.models.caption import CaptionDecoder
 from mmjax.models.encoders.text import BertEncoder, MaskedLMHead
 from mmjax.models.encoders.vision import SmallCNN, ViT
 from mmjax.models.fusion import build_fusion
@@ -46,7 +47,8 @@ class ContrastiveParams(nnx.Module):
 class MultimodalRecommender(nnx.Module):
   """Item = fusion(aligned text, aligned image) [+ item ID]; user tower; dot."""
 
-  def __init__(self, cfg, shapes: DataShapes, *, rngs: nnx.Rngs):
+  def __init__(self, cfg, shapes: DataShapes, *, rngs: nnx.Rngs,
+               caption: bool = False):
     dtype = jnp.dtype(cfg.dtype)
     t, im, f = cfg.text, cfg.image, cfg.fusion
     if t.init_from:
@@ -85,6 +87,15 @@ class MultimodalRecommender(nnx.Module):
                            text_dim=text_hidden, image_dim=image_hidden)
     self.fusion = build_fusion(f.kind, **fusion_kwargs)
     self.contrastive = ContrastiveParams()
+    # Only where loss.caption trains it (`caption`): other configs keep
+    # their parameter tree.
+    first = self.text.layers[0]
+    self.caption = CaptionDecoder(
+        vocab_size=shapes.vocab_size, dim=text_hidden,
+        heads=first.attention.heads, mlp_dim=first.intermediate.dense.out_features,
+        layers=cfg.caption.layers, max_len=shapes.max_text_len,
+        context_dim=image_hidden, dropout=t.dropout, remat=cfg.remat,
+        dtype=dtype, rngs=rngs) if caption else None
     self.rec = Recommender(
         num_users=shapes.num_users, num_items=shapes.num_items, dim=cfg.dim,
         item_id_embedding=cfg.rec.item_id_embedding,
@@ -92,28 +103,35 @@ class MultimodalRecommender(nnx.Module):
         item_bias=cfg.rec.item_bias, temperature=cfg.rec.temperature, rngs=rngs)
 
   def encode_items(self, tokens, mask, images, item_ids, *,
-                   deterministic: bool = True, rngs: nnx.Rngs | None = None):
+                   deterministic: bool = True, rngs: nnx.Rngs | None = None,
+                   hidden: bool = False):
     """The aligned per-modality vectors, the fused content and the item
     vectors (content plus item-ID embedding, unit norm)."""
     out = self.encode_content(tokens, mask, images, deterministic=deterministic,
-                              rngs=rngs)
+                              rngs=rngs, hidden=hidden)
     out["item"] = self.rec.item_vectors(out["content"], item_ids)
     return out
 
   def encode_content(self, tokens, mask, images, *, deterministic: bool = True,
-                     rngs: nnx.Rngs | None = None):
+                     rngs: nnx.Rngs | None = None, hidden: bool = False):
     """{"z_text", "z_image", "content"}: what the item's text and image give,
-    before the item-ID embedding."""
+    before the item-ID embedding. `hidden` adds "p_text" and "p_image" (the
+    projections before L2 normalization) and "image_tokens" (B, N, C)."""
     text_tokens, text_pooled = self.text(
         tokens, mask, deterministic=deterministic, rngs=rngs)
     image_tokens, image_pooled = self.image(
         self._pixels(images), deterministic=deterministic, rngs=rngs)
-    z_text = self.text_proj(text_pooled)
-    z_image = self.image_proj(image_pooled)
+    p_text = self.text_proj.project(text_pooled)
+    p_image = self.image_proj.project(image_pooled)
+    z_text = l2_normalize(p_text, self.text_proj.eps)
+    z_image = l2_normalize(p_image, self.image_proj.eps)
     content = self.fusion(z_text, z_image, text_tokens=text_tokens,
                           text_mask=mask, image_tokens=image_tokens,
                           deterministic=deterministic, rngs=rngs)
-    return dict(z_text=z_text, z_image=z_image, content=content)
+    out = dict(z_text=z_text, z_image=z_image, content=content)
+    if hidden:
+      out.update(p_text=p_text, p_image=p_image, image_tokens=image_tokens)
+    return out
 
   def encode_text(self, tokens, mask):
     """Aligned text vectors alone, e.g. for a text query (inference only)."""
@@ -146,10 +164,22 @@ class MultimodalRecommender(nnx.Module):
     hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
     return self.mlm_head(hidden, self.text.embeddings.word_embeddings.embedding[...])
 
+  def caption_logits(self, tokens, mask, image_tokens, *,
+                     deterministic: bool = True, rngs: nnx.Rngs | None = None):
+    """(B, L - 1, V) logits of tokens 1..L-1, each from the tokens before it
+    and the image tokens (or None); the decoder ties the text tower's table."""
+    return self.caption(tokens[:, :-1], mask[:, :-1],
+                        self.text.embeddings.word_embeddings.embedding[...],
+                        image_tokens, deterministic=deterministic, rngs=rngs)
+
   def orthogonality_penalty(self) -> jax.Array:
     return (self.text_proj.orthogonality_penalty()
             + self.image_proj.orthogonality_penalty())
 
 
-def build_model(cfg, shapes: DataShapes, *, seed: int) -> MultimodalRecommender:
-  return MultimodalRecommender(cfg, shapes, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+def build_model(cfg, shapes: DataShapes, *, seed: int,
+                caption: bool = False) -> MultimodalRecommender:
+  """The model of `cfg` (config.model); `caption`: with the caption decoder
+  (config.loss.caption > 0)."""
+  return MultimodalRecommender(cfg, shapes, rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+                               caption=caption)

@@ -111,7 +111,8 @@ def topology_devices(name: str, slices: int = 1) -> list:
 def abstract_state(config, shapes: DataShapes, mesh):
   """(graphdef, tx, state shardings, state as sharded ShapeDtypeStructs):
   `step.init_state` traced, never run."""
-  build = lambda: build_model(config.model, shapes, seed=config.seed)
+  build = lambda: build_model(config.model, shapes, seed=config.seed,
+                      caption=config.loss.caption > 0)
   tx = make_optimizer(config.train)
   graphdef = nnx.split(nnx.eval_shape(build), nnx.Param, ...)[0]
   state = jax.eval_shape(lambda: init_state(build(), tx, config.seed)[1])

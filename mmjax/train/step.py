@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mmjax.losses.alignment import coral, mmd
+from mmjax.losses.alignment import coral, decorrelation, linear_align, mmd
+from mmjax.losses.caption import caption_mean, caption_sums
 from mmjax.losses.contrastive import infonce, siglip
 from mmjax.losses.mlm import masked_lm_mean, masked_lm_sums
 from mmjax.losses.sharded_contrastive import ring_infonce, ring_siglip
@@ -23,12 +24,17 @@ from mmjax.losses.recommendation import bce, bpr, co_item_infonce, sampled_softm
 from mmjax.models.aligners import l2_normalize
 from mmjax.train import accumulate, guard
 from mmjax import mesh as mesh_lib
+from mmjax.errors import MmjaxError
 
 CONTRASTIVE_TERMS = ("infonce", "siglip", "mmd", "coral", "mlm", "orthogonality")
 USER_TERMS = ("softmax", "bpr", "bce")   # Score users against items.
 # The interaction-driven terms; they wait for the pretrain phase to end.
 REC_TERMS = USER_TERMS + ("co_item",)
 TERMS = CONTRASTIVE_TERMS + REC_TERMS
+# Off by default (so not among the TERMS a default config logs); they read
+# the projections before L2 normalization.
+RAW_ALIGN_TERMS = ("linear_align", "decorrelation")
+SELF_SUPERVISED_TERMS = ("caption",) + RAW_ALIGN_TERMS
 
 
 def loss_terms(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg,
@@ -42,8 +48,22 @@ def encode_batch(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg) -> dict:
   """The encoders' per-example outputs: row i depends on example i only, so
   micro-batches of it can be computed apart (GradCache, accumulate.py)."""
   train = rngs is not None
+  raw = any(loss_cfg[t] for t in RAW_ALIGN_TERMS)
+  hidden = bool(raw or loss_cfg.caption)
   out = model.encode_items(batch["tokens"], batch["mask"], batch["image"],
-                           batch["item_id"], deterministic=not train, rngs=rngs)
+                           batch["item_id"], deterministic=not train, rngs=rngs,
+                           hidden=hidden)
+  image_tokens = out.pop("image_tokens", None)
+  if hidden and not raw:   # Only the decoder wanted the image tokens.
+    del out["p_text"], out["p_image"]
+  if loss_cfg.caption:
+    if model.caption is None:
+      raise MmjaxError(f"config.loss.caption={loss_cfg.caption} needs the caption "
+                       "decoder: build the model with build_model(..., caption=True)")
+    logits = model.caption_logits(batch["tokens"], batch["mask"], image_tokens,
+                                  deterministic=not train, rngs=rngs)
+    out["caption_nll"], out["caption_correct"] = caption_sums(
+        logits, batch["tokens"], batch["mask"])
   if loss_cfg.mlm:
     logits = model.mlm_logits(batch["mlm_tokens"], batch["mask"],
                               batch["mlm_positions"], deterministic=not train,
@@ -84,6 +104,15 @@ def batch_terms(model, out: dict, batch: dict, loss_cfg, *, train: bool,
     terms["coral"] = coral(z_t, z_i)
   if loss_cfg.orthogonality:
     terms["orthogonality"] = model.orthogonality_penalty()
+  # Batch statistics: on the global batch, as this runs inside the jitted step.
+  if loss_cfg.linear_align:
+    terms["linear_align"] = linear_align(out["p_text"], out["p_image"])
+  if loss_cfg.decorrelation:
+    terms["decorrelation"] = (decorrelation(out["p_text"])
+                              + decorrelation(out["p_image"]))
+  if loss_cfg.caption:
+    terms["caption"], extras["caption_accuracy"] = caption_mean(
+        out["caption_nll"], out["caption_correct"], batch["tokens"], batch["mask"])
   if loss_cfg.mlm:
     terms["mlm"], extras["mlm_accuracy"] = masked_lm_mean(
         out["mlm_nll"], out["mlm_correct"], batch["mlm_labels"])

@@ -177,10 +177,12 @@ def attention_implementation(q: jax.Array, k: jax.Array, masked: bool) -> str:
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array | None = None) -> jax.Array:
+                          mask: jax.Array | None = None,
+                          is_causal: bool = False) -> jax.Array:
   """softmax(q k^T / sqrt(D)) v for (B, L, H, D) inputs through
   jax.nn.dot_product_attention, as `attention_implementation` picks; `mask`
-  (B, Lk) or None, truthy = attend. A query whose keys are all masked
+  (B, Lk) or None, truthy = attend; `is_causal`: query i also sees keys
+  <= i only (a decoder). A query whose keys are all masked
   averages every value (XLA masks with a large negative logit, not -inf).
   """
   impl = attention_implementation(q, k, mask is not None)
@@ -188,7 +190,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     mask = mask.astype(jnp.bool_)[:, None, None, :]   # (B, 1, 1, Lk)
     if impl == 'cudnn':   # cuDNN takes a mask of the full (Lq, Lk) extent.
       mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                      implementation=impl)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -217,7 +220,8 @@ class MultiHeadAttention(nnx.Module):
     return x.reshape(*x.shape[:-1], self.heads, self.head_dim)
 
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               mask: jax.Array | None = None, *, deterministic: bool = True,
+               mask: jax.Array | None = None, *, is_causal: bool = False,
+               deterministic: bool = True,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """Attends from `x` (B, Lq, dim) to `context` (B, Lk, kv_dim).
 
@@ -225,6 +229,7 @@ class MultiHeadAttention(nnx.Module):
       x: queries; also the residual for the post-LN `LayerNorm`.
       context: keys/values; defaults to `x` (self-attention).
       mask: (B, Lk) padding mask over keys, truthy = attend.
+      is_causal: position i attends to keys <= i only.
       deterministic: disables dropout when True.
       rngs: supplies the 'dropout' stream when `deterministic` is False.
 
@@ -234,7 +239,8 @@ class MultiHeadAttention(nnx.Module):
     context = x if context is None else context
     attn = dot_product_attention(self._split_heads(self.query(x)),
                                  self._split_heads(self.key(context)),
-                                 self._split_heads(self.value(context)), mask)
+                                 self._split_heads(self.value(context)), mask,
+                                 is_causal)
     attn = attn.reshape(*attn.shape[:-2], -1)
     return self.output(attn, x, deterministic=deterministic, rngs=rngs)
 
