@@ -58,6 +58,7 @@ K = Key
 _POS, _NONNEG = "> 0", ">= 0"
 _SEED = "[0, 2147483647]"
 _FRACTION = "[0, 1)"   # Dropouts and probabilities.
+_E2E_WEIGHT = dict(bounds=_NONNEG, paths=END_TO_END)
 
 KEYS: tuple[Key, ...] = (
     K("seed", 0, "Seed of the parameters, the data order and dropout.",
@@ -144,6 +145,9 @@ KEYS: tuple[Key, ...] = (
       "thread.", bounds="[0, 256]", paths=END_TO_END),
     K("data.prefetch", 4, "Batches read ahead; 0: none.", bounds="[0, 256]",
       paths=END_TO_END),
+    K("data.item_cache", 8192, "Items each train-stream process keeps decoded "
+      "and tokenized (LRU); the rest are read from the item records per batch.",
+      bounds=_NONNEG, paths=END_TO_END),
     K("data.inter_file", "", "MMRec interactions file in data.dir, e.g. "
       "\"dbbook.inter\".", paths=FEATURE_GRAPH, required_on=(MMREC,)),
     K("data.feature_files", "", "\"a.npy,b.npy\": one (items, d) feature "
@@ -217,6 +221,8 @@ KEYS: tuple[Key, ...] = (
       "(popularity).", paths=END_TO_END),
     K("model.rec.temperature", 0.1, "score = cos(user, item) / temperature "
       "[+ bias].", bounds=_POS),
+    K("model.caption.layers", 2, "Blocks of the caption decoder, built "
+      "where loss.caption > 0.", bounds=_POS, paths=END_TO_END),
 
     # --- loss: weights of the terms of one objective; 0 switches one off ----
     K("loss.infonce", 1.0, "Text-image InfoNCE (feature graph: the "
@@ -234,6 +240,12 @@ KEYS: tuple[Key, ...] = (
     K("loss.bpr", 0.0, "BPR recommendation loss.", bounds=_NONNEG),
     K("loss.bce", 0.0, "Binary cross-entropy recommendation loss.",
       bounds=_NONNEG, paths=END_TO_END),
+    K("loss.caption", 0.0, "CoCa captioning: a causal decoder predicts the "
+      "item's text from its image (model.caption.*).", **_E2E_WEIGHT),
+    K("loss.linear_align", 0.0, "||A x_text - B x_image||^2 before "
+      "normalization; collapses without loss.decorrelation.", **_E2E_WEIGHT),
+    K("loss.decorrelation", 0.0, "VICReg variance and covariance penalty on "
+      "each modality's projections: the guard against collapse.", **_E2E_WEIGHT),
     K("loss.co_item", 0.0, "InfoNCE between the content vectors of two train "
       "items of one user.", bounds=_NONNEG, paths=END_TO_END),
     K("loss.co_item_temperature", 0.3, "Temperature of loss.co_item.",
@@ -260,12 +272,27 @@ KEYS: tuple[Key, ...] = (
       paths=END_TO_END),
     K("train.log_every", 50, "Steps between logged metrics.", bounds=_POS,
       paths=END_TO_END),
-    K("train.checkpoint_every", 500, "Steps between checkpoints.",
-      bounds=_POS, paths=END_TO_END),
-    K("train.keep_checkpoints", 2, "Checkpoints kept.", bounds=_POS,
-      paths=END_TO_END),
+    K("train.checkpoint_every", 500, "Steps (feature graph: epochs) between "
+      "checkpoints; SIGTERM, Ctrl-C and the end always save one.",
+      bounds=_POS),
+    K("train.keep_checkpoints", 2, "Checkpoints kept for resuming (the "
+      "best-valid state is kept apart, in <workdir>/best).", bounds=_POS),
+    K("train.eval_every", 0, "Steps (feature graph: epochs) between valid "
+      "evaluations during training; 0: once, at the end. The state with the "
+      "best valid train.early_stop.metric is kept and serves test, export "
+      "and inference.", bounds=_NONNEG),
+    K("train.early_stop.metric", "recall@20", "Valid metric that picks the "
+      "best state and drives early stopping.",
+      choices=tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 20, 50))),
+    K("train.early_stop.patience", 20, "Stop once this many evaluations in a "
+      "row have not beaten the best (MMRec's rule: more than this many); 0: "
+      "never stop early.", bounds=_NONNEG),
     K("train.eval_batch_size", 512, "Items or users per evaluation batch.",
       bounds=_POS, paths=END_TO_END),
+    K("train.eval_ranking", "auto", "Full ranking at evaluation: "
+      "\"device\" (jitted matmul + top_k), \"host\" (NumPy blocks) or "
+      "\"auto\" (host on the CPU backend, device elsewhere).",
+      choices=("auto", "host", "device")),
     K("train.nan_policy", "skip", "A NaN/Inf loss or gradient norm is never "
       "applied; \"skip\" goes on for up to max_skipped_steps such steps, "
       "\"stop\" stops at once.", choices=("skip", "stop"), paths=END_TO_END),
@@ -328,17 +355,8 @@ KEYS: tuple[Key, ...] = (
       "0: off.", bounds=_NONNEG, paths=FEATURE_GRAPH),
     K("feature_graph.negatives", 256, "Uniform negatives per batch, drawn on "
       "device.", bounds=_POS, paths=FEATURE_GRAPH),
-    K("feature_graph.ranking", "auto", "Full ranking at evaluation: "
-      "\"device\" (jitted matmul + top_k), \"host\" (NumPy blocks) or "
-      "\"auto\" (host on the CPU backend, device elsewhere).",
-      choices=("auto", "host", "device"), paths=FEATURE_GRAPH),
     K("feature_graph.epochs", 1000, "At most this many epochs.", bounds=_POS,
       paths=FEATURE_GRAPH),
-    K("feature_graph.patience", 20, "Early stop after this many evaluations "
-      "without a better valid recall@20 (MMRec's rule).", bounds=_NONNEG,
-      paths=FEATURE_GRAPH),
-    K("feature_graph.eval_every", 1, "Epochs between evaluations.",
-      bounds=_POS, paths=FEATURE_GRAPH),
     K("grid.key", "", "A hyper-parameter trained at every grid.points value "
       "in the same program.", choices=("",) + GRID_KEYS,
       paths=FEATURE_GRAPH),
@@ -390,4 +408,7 @@ RENAMED = {
     "model.attention_kernel": None,
     "model.dense_kernel": None,
     "train.cpu_ynn_fusions": None,
+    "feature_graph.patience": "train.early_stop.patience",
+    "feature_graph.eval_every": "train.eval_every",
+    "feature_graph.ranking": "train.eval_ranking",
 }
