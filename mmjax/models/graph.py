@@ -154,3 +154,49 @@ def stack_edges(edge_sets: list[Edges], weights=None) -> Edges:
   src, dst = cat(lambda e: e.src), cat(lambda e: e.dst)
   order = np.lexsort((src, dst))
   return Edges(src[order], dst[order], w[order].astype(np.float32))
+
+
+def topk_mean_graph(features, k: int, multiple_of: int = 1,
+                    chunk: int = 2048) -> Edges:
+  """MMRec's (FREEDOM's) item-item graph: each item's k most cosine-similar
+  items, the item itself included, D^-1/2 A D^-1/2 with out-degrees (= k),
+  so every edge weighs 1/k."""
+  x = np.asarray(features, np.float32)
+  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  n = len(x)
+  k = min(k, n)
+  xt = jnp.asarray(x)
+  nbrs = [np.asarray(jax.lax.top_k(xt[s:s + chunk] @ xt.T, k)[1])
+          for s in range(0, n, chunk)]
+  cols = np.concatenate(nbrs).reshape(-1)
+  rows = np.repeat(np.arange(n), k)
+  deg = np.bincount(rows, minlength=n) + 1e-7
+  inv = deg ** -0.5
+  return _edges(cols, rows, inv[rows] * inv[cols], multiple_of)
+
+
+def bipartite_edge_weights(pairs, num_users: int, num_items: int) -> jax.Array:
+  """1/sqrt(deg_u deg_i) of each (user, item) pair, degrees counted over
+  `pairs` (FREEDOM's `_normalize_adj_m`); traceable."""
+  u, i = pairs[:, 0], pairs[:, 1]
+  ones = jnp.ones(u.shape, jnp.float32)
+  du = jax.ops.segment_sum(ones, u, num_segments=num_users) + 1e-7
+  di = jax.ops.segment_sum(ones, i, num_segments=num_items) + 1e-7
+  return du[u] ** -0.5 * di[i] ** -0.5
+
+
+def pruned_user_item_graph(key, pairs, weights, keep: int, num_users: int,
+                           num_items: int, on_host: bool = False) -> Edges:
+  """FREEDOM's degree-sensitive edge pruning, on device: `keep` of the
+  (user, item) `pairs` drawn without replacement with probability
+  proportional to `weights` (Gumbel top-k, the law of torch.multinomial
+  without replacement), renormalized over the kept edges and made
+  symmetric over U + N nodes (items after users), sorted by destination."""
+  gumbel = jax.random.gumbel(key, weights.shape)
+  kept = pairs[jax.lax.top_k(jnp.log(weights) + gumbel, keep)[1]]
+  w = bipartite_edge_weights(kept, num_users, num_items)
+  u, i = kept[:, 0], kept[:, 1] + num_users
+  src, dst = jnp.concatenate([i, u]), jnp.concatenate([u, i])
+  order = jnp.argsort(dst, stable=True)
+  return Edges(src[order].astype(jnp.int32), dst[order].astype(jnp.int32),
+               jnp.concatenate([w, w])[order], on_host=on_host)

@@ -1,0 +1,230 @@
+"""The MMRec zoo models (mmjax.models.mmrec_zoo) as a `loop.Task`:
+MMRec's training, on device.
+
+An epoch is one jitted `lax.scan` over MMRec's batches: the train pairs
+shuffled, `train_batch_size` at a time, the last batch short (padded here,
+the padding masked out of every mean); for models with negative sampling one
+negative per pair, drawn uniformly from the items that occur in train and
+redrawn while it is one of the user's train items (MMRec's `_sample_neg_ids`).
+FREEDOM's per-epoch edge pruning runs at the start of the epoch program.
+Adam at MMRec's learning rate (its default scheduler, [1.0, 50], is
+constant). One run per task: the loop validates every `train.eval_every`
+epochs, stops early and keeps the best state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils import epath
+
+from mmjax.data.catalog import TRAIN
+from mmjax.errors import MmjaxError
+from mmjax.models import graph as graph_lib
+from mmjax.models.mmrec_zoo.common import Batch, Graphs, ZooModel
+from mmjax.train.feature_graph_trainer import data_fingerprint
+
+MODEL_FILE = "zoo_model.json"
+MAX_REDRAWS = 100   # A user with every train item would redraw forever.
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Sampler:
+  """Each user's train items, sorted, as a CSR (start (U+1,), items (M,)),
+  and the items that occur in train (MMRec draws negatives among them)."""
+  start: jax.Array
+  items: jax.Array
+  pool: jax.Array
+
+  @classmethod
+  def from_pairs(cls, pairs: np.ndarray, num_users: int) -> "Sampler":
+    pairs = np.unique(np.asarray(pairs, np.int64), axis=0)   # Sorted (u, i).
+    start = np.searchsorted(pairs[:, 0], np.arange(num_users + 1))
+    return cls(jnp.asarray(start, jnp.int32), jnp.asarray(pairs[:, 1], jnp.int32),
+               jnp.asarray(np.unique(pairs[:, 1]), jnp.int32))
+
+  def is_train(self, users, items) -> jax.Array:
+    """Whether each (user, item) is a train pair: a binary search per row
+    within the user's sorted items."""
+    lo, hi = self.start[users], self.start[users + 1]
+
+    def body(_, bounds):
+      lo, hi = bounds
+      mid = (lo + hi) // 2
+      less = self.items[jnp.minimum(mid, self.items.shape[0] - 1)] < items
+      go = lo < hi
+      return jnp.where(go & less, mid + 1, lo), jnp.where(go & ~less, mid, hi)
+
+    steps = max(1, int(np.ceil(np.log2(self.items.shape[0] + 1))) + 1)
+    lo, _ = jax.lax.fori_loop(0, steps, body, (lo, hi))
+    end = self.start[users + 1]
+    return (lo < end) & (self.items[jnp.minimum(lo, self.items.shape[0] - 1)] == items)
+
+  def negatives(self, key, users) -> jax.Array:
+    """One negative per user row, redrawn while it is a train item of the user."""
+    draw = lambda k: self.pool[jax.random.randint(k, users.shape, 0, self.pool.shape[0])]
+    key, first = jax.random.split(key)
+
+    def cond(c):
+      return (c[0] < MAX_REDRAWS) & jnp.any(self.is_train(users, c[1]))
+
+    def body(c):
+      n, neg, key = c
+      key, k = jax.random.split(key)
+      neg = jnp.where(self.is_train(users, neg), draw(k), neg)
+      return n + 1, neg, key
+
+    return jax.lax.while_loop(cond, body, (0, draw(first), key))[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  num_train: int
+  batch_size: int
+
+  @property
+  def num_batches(self) -> int:
+    return -(-self.num_train // self.batch_size)
+
+
+def epoch_order(key, s: Shape) -> jax.Array:
+  """(num_batches, batch_size) pair indices: a permutation of the pairs,
+  then padding (indices >= num_train), so only the last batch is short."""
+  perm = jnp.argsort(jax.random.bits(key, (s.num_train,), jnp.uint32)).astype(jnp.int32)
+  pad = jnp.arange(s.num_train, s.num_batches * s.batch_size, dtype=jnp.int32)
+  return jnp.concatenate([perm, pad]).reshape(s.num_batches, s.batch_size)
+
+
+def _epoch(model: ZooModel, s: Shape, tx, g: Graphs, sampler: Sampler, state):
+  rng, k_perm, k_graph, k_steps = jax.random.split(jax.random.wrap_key_data(state["rng"]), 4)
+  g = model.epoch_graphs(g, k_graph)
+  order = epoch_order(k_perm, s)
+  grad_fn = jax.value_and_grad(model.loss, has_aux=True)
+
+  def step(carry, xs):
+    params, opt = carry
+    idx, key = xs
+    k_neg, k_loss = jax.random.split(key)
+    valid = idx < s.num_train
+    pairs = g.train_pairs[jnp.minimum(idx, s.num_train - 1)]
+    neg = sampler.negatives(k_neg, pairs[:, 0]) if model.negatives else None
+    batch = Batch(users=pairs[:, 0], items=pairs[:, 1], negatives=neg, valid=valid)
+    (_, metrics), grads = grad_fn(params, g, batch, k_loss)
+    updates, opt = tx.update(grads, opt, params)
+    return (optax.apply_updates(params, updates), opt), metrics
+
+  keys = jax.random.split(k_steps, s.num_batches)
+  (params, opt), metrics = jax.lax.scan(step, (state["params"], state["opt"]),
+                                        (order, keys))
+  return (dict(params=params, opt=opt, rng=jax.random.key_data(rng)),
+          jax.tree.map(jnp.mean, metrics))
+
+
+def build_graphs(model: ZooModel, data, on_host: bool) -> Graphs:
+  train = data.pairs[TRAIN]
+  ui = graph_lib.user_item_graph(train, data.num_users, data.num_items)
+  ui = dataclasses.replace(jax.tree.map(jnp.asarray, ui), on_host=on_host)
+  return Graphs(ui=ui, train_pairs=jnp.asarray(train, jnp.int32),
+                features=tuple(jnp.asarray(f) for f in data.features.values()),
+                **model.graphs(train, data.features, on_host))
+
+
+class ZooTask:
+  """One zoo model's run as a `loop.Task`; units are epochs. The state:
+  {"run": params, Adam state and RNG; "best": the best-valid params;
+  "step": the epoch}."""
+  unit = "epoch"
+  total_key = "zoo.epochs"
+  runs = 1
+  per_call = 1
+  log_every = 1
+  guarded = False
+  keeps_best = True
+  data_iterator = None   # The epoch order comes from the state's RNG.
+
+  def __init__(self, model: ZooModel, data, evaluator, *, epochs: int, seed: int,
+               hparams: dict, data_dir: str = "", on_host: bool | None = None):
+    if on_host is None:   # SciPy's CSR product: one CPU device only.
+      on_host = jax.default_backend() == "cpu" and jax.device_count() == 1
+    self.model, self.data, self.evaluator = model, data, evaluator
+    self.total, self.seed, self.hparams = int(epochs), int(seed), dict(hparams)
+    self.graphs = build_graphs(model, data, on_host)
+    self.sampler = Sampler.from_pairs(data.pairs[TRAIN], data.num_users)
+    self.eval_users = jnp.asarray(data.eval_users().astype(np.int32))
+    self.shape = Shape(num_train=len(data.pairs[TRAIN]),
+                       batch_size=int(model.train_batch_size))
+    self.examples_per_unit = self.shape.num_train
+    self.identity = {"train.batch_size": self.shape.batch_size, "seed": self.seed,
+                     "data": {"fingerprint": data_fingerprint(data), "dir": data_dir}}
+    self.tx = optax.adam(model.learning_rate)
+    self._epoch = jax.jit(functools.partial(_epoch, model, self.shape, self.tx),
+                          donate_argnums=2)
+    self._vectors = jax.jit(model.vectors)
+
+  def initial_state(self) -> dict:
+    key = jax.random.key(self.seed)
+    params = self.model.init_features(self.model.init(key), self.graphs.features)
+    run = dict(params=params, opt=self.tx.init(params),
+               rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+    return dict(run=run, best=jax.tree.map(jnp.copy, params),
+                step=jnp.zeros((), jnp.int32))
+
+  def _check_model(self, start: int, workdir: str) -> None:
+    """A resume must train the same model with the same hyper-parameters."""
+    path = epath.Path(workdir) / MODEL_FILE
+    record = {"model": self.model.name, "hparams": self.hparams}
+    if start and path.exists():
+      old = json.loads(path.read_text())
+      if old != json.loads(json.dumps(record)):
+        raise MmjaxError(
+            f"refusing to resume {workdir}: it trained {old}, not {record}; "
+            "use the original model and hyper-parameters, or another --workdir")
+    if jax.process_index() == 0:
+      path.write_text(json.dumps(record, indent=2, sort_keys=True))
+
+  def prepare(self, state, start, workdir, log) -> float:
+    self._check_model(start, workdir)
+    compiled = self._epoch.lower(self.graphs, self.sampler, state["run"]).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", 0.0))
+    log(f"{self.model.name}: {self.shape.num_batches} batches of "
+        f"{self.shape.batch_size} per epoch, compiled")
+    return flops
+
+  def advance(self, state, n):
+    rows = []
+    for _ in range(n):
+      run, metrics = self._epoch(self.graphs, self.sampler, state["run"])
+      state = dict(state, run=run, step=state["step"] + 1)
+      rows.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    return state, rows, 0.0
+
+  def vectors(self, params):
+    """(users (1, E, d), items (1, N, d)): the evaluated users' vectors and
+    the items', a run axis first (the evaluator's layout)."""
+    users, items = self._vectors(params, self.graphs)
+    return users[self.eval_users][None], items[None]
+
+  def evaluate(self, state) -> list[dict]:
+    return self.evaluator(*self.vectors(state["run"]["params"]))[0]
+
+  def keep_best(self, state, improved):
+    if not improved[0]:
+      return state
+    return dict(state, best=jax.tree.map(jnp.copy, state["run"]["params"]))
+
+  def servable(self, state) -> dict:
+    return {"best": state["best"], "step": state["step"]}
+
+  def test(self, state) -> tuple[dict, dict]:
+    """(valid, test) metrics of the best state."""
+    valid, test = self.evaluator(*self.vectors(state["best"]))
+    return valid[0], test[0]
