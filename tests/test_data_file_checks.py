@@ -54,7 +54,7 @@ def test_a_bom_is_accepted_in_every_table(shop, tmp_path):
   table = tmp_path / "items.tsv"
   table.write_text(BOM + "itemID\ttitle\n0\ta\n1\tb\n", encoding="utf-8")
   assert feature_extraction.read_items(str(table), "itemID", ["title"]) == {
-      "title": ["a", "b"]}
+      "itemID": [0, 1], "title": ["a", "b"]}
 
 
 # ------------------------------------------------------------ repeated rows
