@@ -27,7 +27,7 @@ def split_index(name: str) -> int:
 
 
 @dataclasses.dataclass
-class Catalog:
+class Catalog(ids.OwnIds):
   """Items, users and their split interactions.
 
   Attributes:
@@ -52,16 +52,6 @@ class Catalog:
   oracle_scores: np.ndarray | None = None
   user_ids: list | None = None
   item_ids: list | None = None
-
-  @property
-  def user_map(self) -> ids.IdMap:
-    """The users' own ids <-> dense user ids."""
-    return ids.IdMap("user", self.num_users, self.user_ids)
-
-  @property
-  def item_map(self) -> ids.IdMap:
-    """The items' own ids <-> dense item ids."""
-    return ids.IdMap("item", self.num_items, self.item_ids)
 
   @property
   def image_size(self) -> int:

@@ -179,3 +179,18 @@ def read_mmrec_mapping(data_dir: str, kind: str, count: int) -> list | None:
     return check_raw(kind, raw, count)
   except MmjaxError as e:
     raise MmjaxError(f"{path}: {e}") from None
+
+
+class OwnIds:
+  """`user_map` / `item_map` of a data class with `num_users`, `num_items`
+  and optional `user_ids` / `item_ids` lists (the data's own ids)."""
+
+  @property
+  def user_map(self) -> IdMap:
+    """The users' own ids <-> dense user indices."""
+    return IdMap("user", self.num_users, self.user_ids)
+
+  @property
+  def item_map(self) -> IdMap:
+    """The items' own ids <-> dense item indices."""
+    return IdMap("item", self.num_items, self.item_ids)

@@ -37,7 +37,7 @@ DENSE_SLACK, DENSE_FACTOR = 1_000_000, 100
 
 
 @dataclasses.dataclass
-class MMRecData:
+class MMRecData(ids.OwnIds):
   """Split interactions and item features of one MMRec data set.
 
   Attributes:
@@ -57,14 +57,6 @@ class MMRecData:
   dropped_repeated: int = 0
   user_ids: list | None = None
   item_ids: list | None = None
-
-  @property
-  def user_map(self) -> ids.IdMap:
-    return ids.IdMap("user", self.num_users, self.user_ids)
-
-  @property
-  def item_map(self) -> ids.IdMap:
-    return ids.IdMap("item", self.num_items, self.item_ids)
 
   def user_items(self, split_id: int) -> list[np.ndarray]:
     """Per user, the items of one split (in file order)."""

@@ -28,6 +28,7 @@ from mmjax.data.catalog import TRAIN
 from mmjax.errors import MmjaxError
 from mmjax.models import graph as graph_lib
 from mmjax.models.mmrec_zoo.common import Batch, Graphs, ZooModel
+from mmjax.train.cost import step_flops
 from mmjax.train.feature_graph_trainer import data_fingerprint
 
 MODEL_FILE = "zoo_model.json"
@@ -192,9 +193,7 @@ class ZooTask:
   def prepare(self, state, start, workdir, log) -> float:
     self._check_model(start, workdir)
     compiled = self._epoch.lower(self.graphs, self.sampler, state["run"]).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float((cost or {}).get("flops", 0.0))
+    flops = step_flops(compiled)
     log(f"{self.model.name}: {self.shape.num_batches} batches of "
         f"{self.shape.batch_size} per epoch, compiled")
     return flops
