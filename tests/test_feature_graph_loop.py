@@ -112,6 +112,15 @@ def test_a_changed_config_is_refused(reference, tmp_path):
     train_and_evaluate(c, other, log=lambda *_: None)
 
 
+def test_a_non_finite_epoch_stops_naming_it(reference, tmp_path):
+  root, names, _, _ = reference
+  c = config(root, names)
+  c.model.rec.temperature = 1e-38   # Logits overflow: the loss is NaN at once.
+  with pytest.raises(MmjaxError, match="non-finite loss at epoch 1: stopped; no "
+                     "checkpoint was written yet"):
+    train_and_evaluate(c, str(tmp_path / "nan"), log=lambda *_: None)
+
+
 def test_dry_run_compiles_an_epoch_and_trains_nothing(reference, tmp_path):
   root, names, _, _ = reference
   workdir = tmp_path / "dry"

@@ -231,6 +231,7 @@ def run(task: Task, config, workdir: str, log=print) -> Outcome:
                                    or evaluate or failed_at is not None):
         flush(step, valid)
       if failed_at is not None:
+        bar.close()
         _fail(task, ckpt, state, loop_record(), nan_policy, failed_at)
       step = int(state["step"])
       finished = step == total or stop.done
@@ -293,7 +294,10 @@ def _fail(task: Task, ckpt, state, record, nan_policy, step: int):
     ckpt.wait()
     raise nan_policy.error(step, saved_at=saved_at)
   ckpt.wait()
-  raise MmjaxError(
-      f"non-finite loss at {task.unit} {step}: stopped; the newest checkpoint "
-      f"({ckpt.directory}, {task.unit} {ckpt.latest_step()}) holds the last "
-      "finite state (lower train.lr, or check the features for NaN)")
+  latest = ckpt.latest_step()
+  held = ("no checkpoint was written yet" if latest is None else
+          f"the newest checkpoint ({ckpt.directory}, {task.unit} {latest}) holds "
+          "the last finite state")
+  raise MmjaxError(f"non-finite loss at {task.unit} {step}: stopped; {held} "
+                   "(lower train.lr or raise the temperature, or check the "
+                   "features for NaN)")
