@@ -139,6 +139,10 @@ KEYS: tuple[Key, ...] = (
       "max_predictions_per_seq).", bounds=_POS, paths=END_TO_END),
     K("data.augment", True, "Random image augmentation in training.",
       paths=END_TO_END),
+    K("data.item_ssl_fraction", 0.0, "Share of each train batch's rows drawn "
+      "from every catalog item (those without train interactions too): only "
+      "the self-supervised and alignment terms see them.", bounds=_FRACTION,
+      paths=END_TO_END),
     K("data.worker_count", 0, "Grain worker processes; 0: in the trainer's "
       "process.", bounds="[0, 4 * cpus]", paths=END_TO_END),
     K("data.num_threads", 2, "Grain read threads; 0: read in the calling "

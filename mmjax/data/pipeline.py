@@ -8,6 +8,13 @@ position in the stream, so the stream is reproducible and resumable from
 grain's iterator state. Prefetch runs in threads, or in worker processes
 with `data.worker_count > 0`.
 
+With `data.item_ssl_fraction` > 0 the last rows of every batch are items
+alone, from a second seeded stream over the whole catalog (each epoch of it
+a new permutation of every item, sharded like the interactions): items
+without a train interaction reach the self-supervised terms too. Those rows
+have no user (`is_interaction` False; user 0, an empty history, no
+co-item), and the train step keeps them out of the recommendation terms.
+
 Items are joined per batch from the data dir's item records
 (`stream.ItemRecords`: read, tokenized and cached within a bounded number of
 items), so no process holds the whole catalog; the interactions, which the
@@ -26,6 +33,7 @@ import numpy as np
 from mmjax.data import store
 from mmjax.data.features import TextTokenizer, mask_tokens, model_images
 from mmjax.data.stream import ItemRecords, TrainInteractions, _log_popularity
+from mmjax.errors import MmjaxError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +72,23 @@ class BatchTransform(grain.transforms.RandomMap):
   co_items: bool = False   # Also another train item of each user (loss.co_item).
 
   def random_map(self, batch, rng: np.random.Generator):
-    pairs = np.asarray(batch, np.int32)
+    """batch: the (B, 2) pairs, or (pairs, item ids) with item-only rows."""
+    pairs, item_only = batch if isinstance(batch, tuple) else (batch, None)
+    pairs = np.asarray(pairs, np.int32)
     users, item_ids = pairs[:, 0].copy(), pairs[:, 1].copy()
+    if item_only is not None:
+      is_interaction = np.arange(len(users) + len(item_only)) < len(users)
+      # User 0 keeps every gather in range; the step masks these rows out.
+      users = np.concatenate([users, np.zeros(len(item_only), np.int32)])
+      item_ids = np.concatenate([item_ids, np.asarray(item_only, np.int32)])
     tokens, mask, images = self.items.lookup(item_ids)
     mlm_tokens, positions, labels = mask_tokens(
         tokens, mask, self.tokenizer, self.mlm_prob, self.mlm_max_predictions, rng)
     # Each user's train items other than the target: the pool of both the
     # pooled history and the co-item.
     hist = self.histories[users]
+    if item_only is not None:
+      hist = np.where(is_interaction[:, None], hist, -1)
     ok = (hist >= 0) & (hist != item_ids[:, None])
     out = dict(
         user_id=users, item_id=item_ids, tokens=tokens, mask=mask,
@@ -79,6 +96,8 @@ class BatchTransform(grain.transforms.RandomMap):
         mlm_tokens=mlm_tokens, mlm_positions=positions, mlm_labels=labels,
         history=self._sample_histories(hist, ok, rng),
         log_q=self.log_q[item_ids])
+    if item_only is not None:
+      out["is_interaction"] = is_interaction
     if self.co_items:
       co = self._sample_co_items(hist, ok, rng)
       shown = np.where(co >= 0, co, item_ids)   # Rows without one: masked out.
@@ -127,6 +146,7 @@ def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
   `catalog` (the data dir's, loaded) only saves re-reading the interactions;
   None reads them from data_dir. Items stream from data_dir's records unless
   `items` gives them in memory; both give the same batches.
+  `data_cfg.item_ssl_fraction` of each batch's rows are item-only rows.
   """
   if tokenizer is None:
     tokenizer = TextTokenizer(store.tokenizer_path(data_dir), data_cfg.max_text_len)
@@ -140,10 +160,21 @@ def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
       history_len=data_cfg.history_len, mlm_prob=data_cfg.mlm_prob,
       mlm_max_predictions=data_cfg.mlm_max_predictions, augment=data_cfg.augment,
       co_items=co_items)
+  local = batch_size // process_count
+  m = item_only_rows(data_cfg.item_ssl_fraction, local)
   ds = grain.MapDataset.source(inter.pairs)
   ds = ds.shuffle(seed=seed).repeat(None)
   ds = ds[process_index::process_count]
-  ds = ds.batch(batch_size // process_count, drop_remainder=True)
+  ds = ds.batch(local - m, drop_remainder=True)
+  if m:
+    # Indexed like the interaction batches, so grain's iterator state (the
+    # next index) restores both streams' positions.
+    item_ds = grain.MapDataset.source(np.arange(len(inter.log_q), dtype=np.int32))
+    item_ds = item_ds.shuffle(seed=seed + 2).repeat(None)
+    item_ds = item_ds[process_index::process_count]
+    item_ds = item_ds.batch(m, drop_remainder=True)
+    both = min(len(ds), len(item_ds))   # Both endless; zip wants equal lengths.
+    ds = grain.experimental.ZipMapDataset([ds[:both], item_ds[:both]])
   ds = ds.random_map(transform, seed=seed + 1)
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=data_cfg.num_threads, prefetch_buffer_size=data_cfg.prefetch))
@@ -154,6 +185,17 @@ def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=data_cfg.worker_count), worker_init_fn=_ignore_ctrl_c)
   return it
+
+
+def item_only_rows(fraction: float, local_batch: int) -> int:
+  """Item-only rows of each process's batch of `local_batch` rows."""
+  # The epsilon: products like 0.29 * 100 fall just below the whole number.
+  m = int(fraction * local_batch + 1e-9)
+  if fraction > 0 and m == 0:
+    raise MmjaxError(f"data.item_ssl_fraction={fraction} gives no item-only row in "
+                     f"a per-process batch of {local_batch}: set it to at least "
+                     f"{1 / local_batch:.4g} or to 0")
+  return m
 
 
 def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:

@@ -85,6 +85,8 @@ def batch_shapes(config, shapes: DataShapes) -> dict:
   if config.loss.co_item > 0:
     out.update(co_item_id=((b,), jnp.int32), co_tokens=((b, length), jnp.int32),
                co_mask=((b, length), jnp.int32), co_image=image)
+  if config.data.item_ssl_fraction > 0:
+    out["is_interaction"] = ((b,), jnp.bool_)
   return out
 
 

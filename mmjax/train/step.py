@@ -116,21 +116,25 @@ def batch_terms(model, out: dict, batch: dict, loss_cfg, *, train: bool,
   if loss_cfg.mlm:
     terms["mlm"], extras["mlm_accuracy"] = masked_lm_mean(
         out["mlm_nll"], out["mlm_correct"], batch["mlm_labels"])
+  # Item-only rows (data.item_ssl_fraction) have no user: the recommendation
+  # terms drop them, as anchors and as negatives. Absent, every row counts.
+  rec_rows = batch.get("is_interaction")
   if loss_cfg.co_item:
     terms["co_item"] = co_item_infonce(
         l2_normalize(out["content"]), l2_normalize(out["co_content"]), ids,
-        batch["co_item_id"], loss_cfg.co_item_temperature)
+        batch["co_item_id"], loss_cfg.co_item_temperature, valid=rec_rows)
   if any(loss_cfg[t] for t in USER_TERMS):
     u = out["user"]
-    if train:
+    if train:   # Every row's item vector is a fresh memory entry, users or not.
       extras["item_memory"] = model.rec.refreshed_memory(ids, out["item"])
     u, v = model.rec.scoring_vectors(u, out["item"], ids)
     if loss_cfg.softmax:
-      terms["softmax"] = sampled_softmax_logq(u, v, ids, batch["log_q"])
+      terms["softmax"] = sampled_softmax_logq(u, v, ids, batch["log_q"],
+                                              valid=rec_rows)
     if loss_cfg.bpr:
-      terms["bpr"] = bpr(u, v, ids)
+      terms["bpr"] = bpr(u, v, ids, valid=rec_rows)
     if loss_cfg.bce:
-      terms["bce"] = bce(u, v, ids)
+      terms["bce"] = bce(u, v, ids, valid=rec_rows)
   return terms, extras
 
 
