@@ -39,7 +39,7 @@ from mmjax import mesh as mesh_lib
 from mmjax.eval.embed import Embedder
 from mmjax.models.model import DataShapes, build_model
 from mmjax.postprocess import choose, item_id_table, user_refit
-from mmjax.train.checkpoint import BestCheckpoint, Checkpointer
+from mmjax.train.checkpoint import Checkpointer, restore_best
 from mmjax.train.trainer import SERVED
 from mmjax.train.optimizer import make_optimizer
 from mmjax.train.step import init_state
@@ -273,7 +273,7 @@ def load(workdir: str, step: int | None = None):
   model = build_model(config.model, shapes, seed=config.seed,
                       caption=config.loss.caption > 0)
   graphdef, state = init_state(model, make_optimizer(config.train), config.seed)
-  restored = _restore_best(workdir, state) if step is None else None
+  restored = restore_best(workdir, {k: state[k] for k in SERVED}) if step is None else None
   if restored is None:
     ckpt = Checkpointer(workdir, every=config.train.checkpoint_every,
                         keep=config.train.keep_checkpoints)
@@ -302,19 +302,6 @@ def load(workdir: str, step: int | None = None):
       params=put(params), buffers=put(restored["buffers"]),
       initial=(put(state["params"]), put(state["buffers"])),
       refit=choose.user_refit_vectors(workdir, post, step))
-
-
-def _restore_best(workdir: str, state: dict) -> dict | None:
-  """The best-valid state of <workdir>/best, None where there is none."""
-  if not (epath.Path(workdir) / "best").is_dir():
-    return None
-  best = BestCheckpoint(workdir)
-  try:
-    if best.step() is None:
-      return None
-    return best.restore({k: state[k] for k in SERVED})
-  finally:
-    best.close()
 
 
 # -- feature-graph runs ------------------------------------------------------

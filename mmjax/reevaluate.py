@@ -21,7 +21,7 @@ from mmjax.eval.evaluate import baselines, evaluate
 from mmjax.run import format_summary
 from mmjax.train import feature_graph_serving
 from mmjax.train import trainer
-from mmjax.train.checkpoint import BestCheckpoint, Checkpointer
+from mmjax.train.checkpoint import Checkpointer, restore_best
 from mmjax.train.feature_graph_summary import format_summary as format_graph
 from mmjax.train.feature_graph_summary import summarize
 
@@ -50,14 +50,9 @@ def end_to_end(workdir: str, config, split: str) -> dict:
   quiet = lambda *_: None
   s = trainer.setup(config, workdir, quiet)
   like = {k: s.state[k] for k in trainer.SERVED}
-  best = BestCheckpoint(workdir)
-  try:
-    step = best.step()
-    if step is not None:
-      state = best.restore(like)
-  finally:
-    best.close()
-  if step is None:   # Written before any validation: the newest checkpoint.
+  state = restore_best(workdir, like)
+  from_best = state is not None
+  if not from_best:   # Written before any validation: the newest checkpoint.
     ckpt = Checkpointer(workdir, every=1, keep=config.train.keep_checkpoints)
     try:
       if ckpt.latest_step() is None:
@@ -74,7 +69,7 @@ def end_to_end(workdir: str, config, split: str) -> dict:
   out["retrieval"]["chance_r@1"] = 1.0 / s.catalog.num_items
   if split == "test":   # The references rank the test split.
     out.update(baselines(s.catalog))
-  print(f"step {int(state['step'])} ({'best valid' if step is not None else 'latest'})")
+  print(f"step {int(state['step'])} ({'best valid' if from_best else 'latest'})")
   print(format_summary(out, split))
   return out
 

@@ -24,7 +24,7 @@ from mmjax.train import aot
 from mmjax.train import feature_graph_trainer
 from mmjax.train import loop
 from mmjax.train import trainer
-from mmjax.train.checkpoint import BestCheckpoint
+from mmjax.train.checkpoint import restore_best
 from mmjax.train.outputs import (check_workdir_free, open_workdir,
                                  write_outputs)
 
@@ -87,11 +87,7 @@ def best_state(outcome: loop.Outcome, task, workdir: str) -> dict:
   latest = task.servable(outcome.state)
   if outcome.best_step is None or outcome.best_step == int(outcome.state["step"]):
     return latest
-  best = BestCheckpoint(workdir)
-  try:
-    return best.restore(latest)
-  finally:
-    best.close()
+  return restore_best(workdir, latest)
 
 
 def _evaluate(s: trainer.Setup, state: dict, outcome: loop.Outcome, embedder,

@@ -173,3 +173,15 @@ class BestCheckpoint:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def restore_best(workdir: str, state_like) -> dict | None:
+  """The state <workdir>/best keeps, in the shapes/shardings of
+  `state_like`; None where the run kept none (nothing is created)."""
+  if not (epath.Path(workdir) / "best").is_dir():
+    return None
+  best = BestCheckpoint(workdir)
+  try:
+    return None if best.step() is None else best.restore(state_like)
+  finally:
+    best.close()

@@ -22,7 +22,7 @@ from mmjax.config.saved import from_saved
 from mmjax.errors import MmjaxError
 from mmjax.train import feature_graph_trainer as ft
 from mmjax.train import loop
-from mmjax.train.checkpoint import BestCheckpoint
+from mmjax.train.checkpoint import restore_best
 from mmjax.train.resume import CONFIG_FILE
 
 
@@ -65,13 +65,9 @@ def restore_task(workdir: str, config=None, make_evaluator=None):
   if not stop.evaluated:
     raise MmjaxError(f"{workdir}: no validation has run yet, so there is no best "
                      "state to serve")
-  best = BestCheckpoint(workdir)
-  try:
-    if best.step() is None:
-      raise MmjaxError(f"no best-valid state in {epath.Path(workdir) / 'best'}")
-    state = best.restore(task.servable(task.initial_state()))
-  finally:
-    best.close()
+  state = restore_best(workdir, task.servable(task.initial_state()))
+  if state is None:
+    raise MmjaxError(f"no best-valid state in {epath.Path(workdir) / 'best'}")
   return task, state, stop
 
 
