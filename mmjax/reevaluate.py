@@ -40,7 +40,7 @@ def feature_graph(workdir: str, config, split: str) -> dict:
       workdir, config, make_evaluator=functools.partial(
           feature_graph_eval.Evaluator, how=config.train.eval_ranking))
   valid, test = task.evaluator(*task.vectors(state["best"]))
-  summary = summarize(stop, valid, test, task.seeds, task.key, task.values)
+  summary = summarize(stop, valid, test, task.seeds, task.points)
   summary["runs"] = task.runs
   print(format_graph(summary, split))
   return summary

@@ -21,7 +21,7 @@ from mmjax.eval.evaluate import (all_item_vectors, baselines, evaluate,
                                  scoring_vectors)
 from mmjax.postprocess import choose
 from mmjax.train import aot
-from mmjax.train import feature_graph_trainer
+from mmjax.train import feature_graph_search
 from mmjax.train import loop
 from mmjax.train import trainer
 from mmjax.train.checkpoint import restore_best
@@ -42,7 +42,7 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
   if not dry_run:
     check_workdir_free(workdir)   # Fail before the setup, not after.
   if config.data.name == "mmrec":   # Precomputed features, MMRec's protocol.
-    return feature_graph_trainer.train_and_evaluate_feature_graph(
+    return feature_graph_search.train_and_evaluate(
         config, workdir, log, dry_run=dry_run, make_evaluator=functools.partial(
             feature_graph_eval.Evaluator, how=config.train.eval_ranking))
   if dry_run:   # Abstract shapes only: no data, no arrays (train/aot.py).

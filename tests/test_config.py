@@ -177,13 +177,36 @@ def test_cross_attention_heads_divide_the_model_dim():
     config_lib.validate(c)
 
 
-def test_grid_points_are_values_of_the_grid_key():
+@pytest.mark.parametrize("axes,error", [
+    ("train.lr=1e-3,0", r"grid.axes: config.train.lr=0.0 must be > 0"),
+    ("train.lr=1e-3,x", r"grid.axes: train.lr='x' is not a float"),
+    ("feature_graph.layers=1,2.5", r"feature_graph.layers='2.5' is not a int"),
+    ("feature_graph.encoder=linear,cnn", r"feature_graph.encoder='cnn'"),
+    ("train.lr", r"'train.lr' is not KEY=V1,V2"),
+    ("train.lr=1e-3; train.lr=1e-2", r"train.lr appears twice"),
+    ("train.lr=1e-3,1e-3", r"train.lr repeats a value"),
+    ("data.dir=a,b", r"'data.dir' cannot be searched"),
+])
+def test_grid_axes_values_are_values_of_their_keys(axes, error):
   c = _mmrec()
-  c.grid.key, c.grid.points = "train.lr", (1e-3, 0.0)
-  with pytest.raises(MmjaxError, match=r"grid.points: 0.0 is not a valid train.lr \(must be > 0\)"):
+  c.grid.axes = axes
+  with pytest.raises(MmjaxError, match=error):
     config_lib.validate(c)
-  c.grid.key = "loss.bpr"   # A weight: 0 switches it off.
+
+
+def test_grid_axes_are_a_cartesian_product():
+  from mmjax.config import grid
+  c = _mmrec()
+  c.grid.axes = " loss.bpr=0,0.5 ;feature_graph.layers=1,2,3; "   # A weight: 0 is off.
   config_lib.validate(c)
+  axes = grid.parse_axes(c.grid.axes)
+  assert axes == [("loss.bpr", (0.0, 0.5)), ("feature_graph.layers", (1, 2, 3))]
+  points = grid.points(axes)
+  assert len(points) == 6 and points[1] == {"loss.bpr": 0.0, "feature_graph.layers": 2}
+  static, vmapped = grid.split_static(axes)
+  assert [k for k, _ in static] == ["feature_graph.layers"]
+  assert [k for k, _ in vmapped] == ["loss.bpr"]
+  assert grid.parse_axes(grid.format_axes(axes)) == axes
 
 
 def test_max_text_len_fits_the_pretrained_position_table(tmp_path):
@@ -219,10 +242,7 @@ def _mmrec():
 
 def test_feature_graph_constraints():
   c = _mmrec()
-  c.grid.key = "train.lr"
-  with pytest.raises(MmjaxError, match="grid.key and config.grid.points go together"):
-    config_lib.validate(c)
-  c.grid.points = (1e-3, 1e-2)
+  c.grid.axes = "train.lr=1e-3,1e-2"
   config_lib.validate(c)
   c.feature_graph.fusion = "mlp"
   with pytest.raises(MmjaxError, match="needs exactly two .*got 0"):
@@ -332,7 +352,7 @@ def test_old_keys_name_the_new_one(old, tmp_path):
     ("seeds", "(0, 1)", (0, 1)),
     ("seeds", "", ()),
     ("train.freeze", "text/.*", ("text/.*",)),
-    ("grid.points", "(1e-3,3e-3)", (1e-3, 3e-3)),
+    ("grid.axes", "train.lr=1e-3,3e-3", "train.lr=1e-3,3e-3"),
     ("data.augment", "false", False),
     ("train.lr", "1", 1.0),
     ("data.name", "raw", "raw"),

@@ -154,8 +154,8 @@ def test_rank_runs_equals_one_top_k_over_all_users(toy, setup):
 
 def test_bad_grid_and_missing_inter_file_are_user_errors(toy, tmp_path):
   cfg = tiny_config(*toy)
-  cfg.grid.key, cfg.grid.points = "feature_graph.layers", (1, 2)
-  with pytest.raises(MmjaxError, match="config.grid.key='feature_graph.layers'"):
+  cfg.grid.axes = "feature_graph.layers=1,x"
+  with pytest.raises(MmjaxError, match="feature_graph.layers='x' is not a int"):
     config_lib.validate(cfg)
   cfg = tiny_config(*toy)
   cfg.data.inter_file = ""

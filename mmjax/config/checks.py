@@ -8,6 +8,7 @@ import math
 import os
 import re
 
+from mmjax.config.grid import parse_axes
 from mmjax.config.schema import BY_PATH, KEYS, PATH_NAMES, Key
 from mmjax.config.tree import get
 from mmjax.errors import MmjaxError
@@ -181,15 +182,12 @@ def _check_between_keys(config) -> None:
 
 
 def _check_feature_graph(config) -> None:
-  grid = config.grid
-  if bool(grid.key) != bool(grid.points):
-    raise MmjaxError("config.grid.key and config.grid.points go together")
-  if grid.key:   # Each point is a value of grid.key: its bounds hold.
-    bounds = BY_PATH[grid.key].bounds
-    for point in grid.points:
-      if bounds and not in_bounds(point, bounds):
-        raise MmjaxError(f"config.grid.points: {point!r} is not a valid "
-                         f"{grid.key} (must be {_must_be(bounds)})")
+  for key, values in parse_axes(config.grid.axes):
+    for value in values:
+      try:
+        check_value(BY_PATH[key], value)
+      except MmjaxError as e:
+        raise MmjaxError(f"config.grid.axes: {e}") from None
   files = [f for f in config.data.feature_files.split(",") if f.strip()]
   if config.feature_graph.fusion == "mlp" and len(files) != 2:
     raise MmjaxError("config.feature_graph.fusion='mlp' needs exactly two "

@@ -22,8 +22,8 @@ PATH_NAMES = {SYNTHETIC: "the end-to-end model on the embedded catalog",
               RAW: "the end-to-end model on a raw folder",
               MMREC: "the feature-graph recommender"}
 
-# The hyper-parameters a feature-graph grid (`grid.key`) may vary: they are
-# traced per run, so one compiled program trains every grid value.
+# The hyper-parameters a feature-graph search (`grid.axes`) varies within one
+# program: they are traced per run, so one compile trains every value.
 GRID_KEYS = ("train.lr", "train.weight_decay", "model.rec.temperature",
              "loss.softmax", "loss.bpr", "loss.infonce",
              "feature_graph.content_weight")
@@ -64,7 +64,8 @@ KEYS: tuple[Key, ...] = (
     K("seed", 0, "Seed of the parameters, the data order and dropout.",
       bounds=_SEED),
     K("seeds", (), "Feature graph: seeds trained together as one vmapped program, e.g. "
-      "(0, 1, 2); (): seed.", of=int, bounds=_SEED, paths=FEATURE_GRAPH),
+      "(0, 1, 2); (): seed. With grid.axes: the seeds the chosen point is "
+      "rerun with.", of=int, bounds=_SEED, paths=FEATURE_GRAPH),
 
     # --- data ---------------------------------------------------------------
     K("data.name", "synthetic", "The data path: the embedded catalog, a raw "
@@ -361,11 +362,13 @@ KEYS: tuple[Key, ...] = (
       "device.", bounds=_POS, paths=FEATURE_GRAPH),
     K("feature_graph.epochs", 1000, "At most this many epochs.", bounds=_POS,
       paths=FEATURE_GRAPH),
-    K("grid.key", "", "A hyper-parameter trained at every grid.points value "
-      "in the same program.", choices=("",) + GRID_KEYS,
-      paths=FEATURE_GRAPH),
-    K("grid.points", (), "The values of grid.key, e.g. (1e-3, 3e-3); each "
-      "within grid.key's bounds.", of=float, paths=FEATURE_GRAPH),
+    K("grid.axes", "", "A search: \"KEY=V1,V2; KEY2=...\", the cartesian "
+      "product of the axes, each point trained with seed and the same early "
+      "stopping; the point with the best valid train.early_stop.metric is rerun "
+      "with seeds and reported. Keys: the GRID_KEYS (vmapped: one program), "
+      "feature_graph.layers, item_layers, knn_k, negatives, init_std, encoder, "
+      "fusion, train.batch_size, model.dim (one program per combination). "
+      "mmjax/config/grid.py.", paths=FEATURE_GRAPH),
 
     # --- mesh ---------------------------------------------------------------
     K("mesh.data", -1, "Devices on the data axis; -1: all remaining devices.",
@@ -397,7 +400,7 @@ SECTIONS = {
                    "recall@20 and written to postprocess.json in the workdir.",
     "feature_graph": "The graph recommender on fixed item features "
                      "(data.name=\"mmrec\", MMRec's protocol).",
-    "grid": "Feature graph: one hyper-parameter trained at several values.",
+    "grid": "Feature graph: a hyper-parameter search, picked on valid.",
     "mesh": "The device mesh and parameter sharding (docs/scale.md).",
 }
 
@@ -415,4 +418,6 @@ RENAMED = {
     "feature_graph.patience": "train.early_stop.patience",
     "feature_graph.eval_every": "train.eval_every",
     "feature_graph.ranking": "train.eval_ranking",
+    "grid.key": "grid.axes",
+    "grid.points": "grid.axes",
 }

@@ -74,7 +74,7 @@ def restore_task(workdir: str, config=None, make_evaluator=None):
 def restore_serving(workdir: str, config=None) -> Serving:
   """The served run's user and item vectors."""
   task, state, stop = restore_task(workdir, config)
-  served = ft.served_run(stop, task.seeds, task.key, task.values)
+  served = ft.served_run(stop, task.seeds, task.points)
   r = served["run"]
   users, items = task.programs.embed_all(task.consts, state["best"], task.hp)
   return Serving(users=np.asarray(users[r]), items=np.asarray(items[r]), run=r,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmjax.config.grid import label
 from mmjax.train.early_stop import EarlyStopping
 
 
@@ -16,13 +17,13 @@ def _mean_std(dicts: list[dict]) -> tuple[dict, dict]:
 
 
 def summarize(stop: EarlyStopping, valid: list[dict], test: list[dict], seeds,
-              key, values) -> dict:
+              points: list[dict]) -> dict:
   """The contract: test/valid (mean over seeds) of each run's best state;
   `valid`/`test`: per run, the metrics of its best state; the reported grid
   point is the one with the best mean valid score."""
   s, select = len(seeds), stop.metric
   groups = []
-  for g in range(len(values) or 1):
+  for g in range(len(points)):
     rs = range(g * s, (g + 1) * s)
     test_mean, test_std = _mean_std([test[r] for r in rs])
     valid_mean, valid_std = _mean_std([valid[r] for r in rs])
@@ -37,11 +38,22 @@ def summarize(stop: EarlyStopping, valid: list[dict], test: list[dict], seeds,
     del out["seeds"], out["test_std"], out["valid_std"]
   out["seed_list"] = list(seeds)
   out["selected_by"] = select
-  if key:
-    out["grid"] = dict(key=key, best=values[best], results=[
-        dict(value=v, test=g["test"], valid=g["valid"], test_std=g["test_std"])
-        for v, g in zip(values, groups)])
+  if len(points) > 1:
+    out["grid"] = dict(best=points[best], results=[
+        dict(point=p, test=g["test"], valid=g["valid"], test_std=g["test_std"],
+             best_epochs=g["best_epochs"])
+        for p, g in zip(points, groups)])
   return out
+
+
+def grid_lines(results: list[dict], metric: str, best: dict) -> list[str]:
+  """One line per grid point: its valid and test `metric` and best epochs."""
+  lines = [f"  grid points (by valid {metric}):"]
+  for r in results:
+    mark = "*" if r["point"] == best else " "
+    lines.append(f"  {mark} {label(r['point'])}: valid {r['valid'][metric]:.4f} "
+                 f"test {r['test'][metric]:.4f}, best epoch(s) {r['best_epochs']}")
+  return lines
 
 
 def format_summary(s: dict, split: str = "test") -> str:
@@ -54,11 +66,7 @@ def format_summary(s: dict, split: str = "test") -> str:
   lines.append(f"  best epoch {s['best_epoch']} (per run {s['best_epochs']})"
                + (f", {s['epochs_run']} epochs run" if "epochs_run" in s else ""))
   if "grid" in s:
-    g = s["grid"]
-    m = s["selected_by"]
-    lines.append(f"  grid {g['key']} (by valid {m}): " + ", ".join(
-        f"{r['value']}: valid {r['valid'][m]:.4f} test {r['test'][m]:.4f}"
-        for r in g["results"]) + f" -> best {g['best']}")
+    lines += grid_lines(s["grid"]["results"], s["selected_by"], s["grid"]["best"])
   if "served_run" in s:
     r = s["served_run"]
     lines.append(f"  served: run {r['run']} (seed {r['seed']}, best epoch "

@@ -8,11 +8,13 @@ metrics are those of the best valid epoch's state. The ranking and its
 metrics are the evaluator's (`make_evaluator`, built by the caller from the
 eval layer: `mmjax.eval.feature_graph.Evaluator`).
 
-All seeds (`config.seeds`) and grid values (`config.grid`) train together as
-one vmapped program: `FeatureGraphTask` gives them to the one loop
-(`mmjax.train.loop`), which checkpoints, resumes, validates and keeps each
-run's best state. The summary (feature_graph_summary.py) gives the per-seed
-results, their mean and standard deviation, and per grid value the same.
+All seeds (`config.seeds`) and the points of vmapped grid axes
+(`config.grid.axes`) train together as one vmapped program:
+`FeatureGraphTask` gives them to the one loop (`mmjax.train.loop`), which
+checkpoints, resumes, validates and keeps each run's best state. The summary
+(feature_graph_summary.py) gives the per-seed results, their mean and
+standard deviation, and per grid point the same. A search over several
+programs and the rerun of its chosen point: feature_graph_search.py.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from etils import epath
 
 from mmjax import config as config_lib
 from mmjax import mesh as mesh_lib
+from mmjax.config import grid as grid_lib
 from mmjax.data import mmrec
 from mmjax.data.catalog import TEST, TRAIN, VALID
 from mmjax.errors import MmjaxError
@@ -48,21 +51,24 @@ def load_data(config) -> mmrec.MMRecData:
                     d.feature_dir)
 
 
-def run_list(config) -> tuple[list[int], str, list, list[dict]]:
-  """(seeds, grid key, grid values, one hyper-parameter dict per run).
+def run_list(config) -> tuple[list[int], list[dict], list[dict]]:
+  """(seeds, grid points, one hyper-parameter dict per run).
 
-  Runs are ordered value-major: run r has grid value r // S, seed r % S.
+  The points are those of `config.grid.axes`, whose keys must all be
+  vmapped ones ([{}] without a grid). Runs are ordered point-major: run r
+  has point r // S, seed r % S.
   """
   seeds = list(config.seeds) or [config.seed]
-  key, values = config.grid.key, list(config.grid.points)   # Validated.
+  axes = grid_lib.parse_axes(config.grid.axes)
+  static, _ = grid_lib.split_static(axes)
+  if static:   # feature_graph_search runs those as programs of their own.
+    raise MmjaxError(f"config.grid.axes: {static[0][0]} changes the program; "
+                     "train it through mmjax.train.feature_graph_search")
+  points = grid_lib.points(axes) or [{}]
   base = fs.hparams(config)
-  hps = []
-  for value in values or [None]:
-    hp = dict(base)
-    if key:
-      hp[fs.HPARAMS[key]] = float(value)
-    hps += [hp] * len(seeds)
-  return seeds, key, values, hps
+  hps = [dict(base, **{fs.HPARAMS[k]: float(v) for k, v in p.items()})
+         for p in points for _ in seeds]
+  return seeds, points, hps
 
 
 def build_constants(data: mmrec.MMRecData, fcfg, mesh) -> fs.Constants:
@@ -122,7 +128,7 @@ class FeatureGraphTask:
   def __init__(self, config, data: mmrec.MMRecData, mesh, evaluator):
     fcfg = config.feature_graph
     self.config, self.data, self.mesh, self.evaluator = config, data, mesh, evaluator
-    self.seeds, self.key, self.values, hps = run_list(config)
+    self.seeds, self.points, hps = run_list(config)
     self.runs, self.total = len(hps), fcfg.epochs
     self.consts = build_constants(data, fcfg, mesh)
     self.shape = fs.Shape(
@@ -144,13 +150,14 @@ class FeatureGraphTask:
                               "dir": config.data.dir}}
 
   def describe(self) -> str:
+    grid = config_lib.get(self.config, "grid.axes")
     return (f"{self.runs} run(s) in one program: seeds {self.seeds}"
-            + (f" x {self.key} in {self.values}" if self.key else "")
+            + (f" x {len(self.points)} points of {grid}" if grid else "")
             + f"; {self.shape.num_batches} batches of {self.shape.batch_size} per epoch")
 
   def _keys(self):
     return jax.vmap(jax.random.key)(jnp.asarray(
-        [seed for _ in (self.values or [None]) for seed in self.seeds]))
+        [seed for _ in self.points for seed in self.seeds]))
 
   def abstract_runs(self):
     """The shapes of the runs' state, allocating nothing."""
@@ -207,11 +214,13 @@ def memory_bytes(mem) -> dict:
 
 
 def train_and_evaluate_feature_graph(config, workdir: str, log=print, *,
-                                     make_evaluator, dry_run: bool = False) -> dict:
+                                     make_evaluator, dry_run: bool = False,
+                                     extra: dict | None = None) -> dict:
   """Trains every run of the config through the one loop and evaluates each
   run's best state; `make_evaluator(data, mesh)` returns the evaluator: (users,
   items) of all runs -> (valid, test) metrics, one dict per run. `dry_run`
-  compiles one epoch and reports its memory and FLOPs; nothing trains."""
+  compiles one epoch and reports its memory and FLOPs; nothing trains.
+  `extra` joins the summary (the search's record of its points)."""
   config_lib.validate(config)
   data = load_data(config)
   log(f"data: {data.describe()} ({config.data.dir})")
@@ -225,17 +234,18 @@ def train_and_evaluate_feature_graph(config, workdir: str, log=print, *,
     outcome = loop.run(task, config, workdir, log)
     if outcome.preempted_at is not None:
       return dict(preempted_at_step=outcome.preempted_at, signal=outcome.preempted_by)
-    return _finish(task, outcome, workdir, log)
+    return _finish(task, outcome, workdir, log, extra or {})
 
 
-def _finish(task: FeatureGraphTask, outcome: loop.Outcome, workdir: str, log) -> dict:
+def _finish(task: FeatureGraphTask, outcome: loop.Outcome, workdir: str, log,
+            extra: dict) -> dict:
   """Test (and valid) metrics of each run's best state; summary.json."""
   stop = outcome.early_stop
   if not stop.evaluated:
     raise MmjaxError("no evaluation ran: set config.train.eval_every <= "
                      "config.feature_graph.epochs")
   valid, test = task.evaluator(*task.vectors(outcome.state["best"]))
-  summary = summarize(stop, valid, test, task.seeds, task.key, task.values)
+  summary = summarize(stop, valid, test, task.seeds, task.points)
   st, data = outcome.stats, task.data
   summary.update(
       seconds_per_epoch=st["seconds_per_epoch"], seconds_per_eval=st["seconds_per_eval"],
@@ -243,29 +253,25 @@ def _finish(task: FeatureGraphTask, outcome: loop.Outcome, workdir: str, log) ->
       cpu_seconds_per_eval=st["cpu_seconds_per_eval"],
       runs=task.runs, epochs_run=st["epochs"], resumed_from=st["resumed_from"],
       compile_and_first_epoch_seconds=st["first_call_seconds"],
-      served_run=served_run(stop, task.seeds, task.key, task.values),
+      served_run=served_run(stop, task.seeds, task.points),
       data=dict(dir=task.config.data.dir, num_users=data.num_users,
                 num_items=data.num_items,
                 **{f"num_{n}": len(data.pairs[s]) for n, s in
                    (("train", TRAIN), ("valid", VALID), ("test", TEST))},
                 features={k: list(v.shape) for k, v in data.features.items()}),
-      config=task.config.to_dict())
+      config=task.config.to_dict(), **extra)
   write_outputs(workdir, summary, outcome.metrics_path, format_summary, log)
   return summary
 
 
-def served_run(stop, seeds, key, values) -> dict:
+def served_run(stop, seeds, points) -> dict:
   """The run `mmjax.load`, export and recommend serve: the best on valid
   within the chosen grid point."""
   s = len(seeds)
-  groups = range(len(values) or 1)
-  group = max(groups, key=lambda g: np.mean(stop.best[g * s:(g + 1) * s]))
+  group = max(range(len(points)), key=lambda g: np.mean(stop.best[g * s:(g + 1) * s]))
   run = max(range(group * s, (group + 1) * s), key=lambda r: stop.best[r])
-  out = dict(run=run, seed=int(seeds[run % s]), best_epoch=stop.best_step[run],
-             valid=stop.valid[run])
-  if key:
-    out[key] = values[group]
-  return out
+  return dict(run=run, seed=int(seeds[run % s]), best_epoch=stop.best_step[run],
+              valid=stop.valid[run], **points[group])
 
 
 def _dry_run(task: FeatureGraphTask, workdir: str, log) -> dict:
