@@ -6,7 +6,10 @@ shuffled, `train_batch_size` at a time, the last batch short (padded here,
 the padding masked out of every mean); for models with negative sampling one
 negative per pair, drawn uniformly from the items that occur in train and
 redrawn while it is one of the user's train items (MMRec's `_sample_neg_ids`).
-FREEDOM's per-epoch edge pruning runs at the start of the epoch program.
+The shuffle is NumPy's, seeded by the state's RNG, on the host (XLA:CPU's
+sort of the pairs cost more than the rest of a short epoch); the first draw
+of every negative of the epoch is one vectorized draw; FREEDOM's per-epoch
+edge pruning runs at the start of the epoch program.
 Adam at MMRec's learning rate (its default scheduler, [1.0, 50], is
 constant). One run per task: the loop validates every `train.eval_every`
 epochs, stops early and keeps the best state.
@@ -43,13 +46,17 @@ class Sampler:
   start: jax.Array
   items: jax.Array
   pool: jax.Array
+  # Binary-search steps that cover the longest user's items (static).
+  steps: int = dataclasses.field(default=1, metadata=dict(static=True))
 
   @classmethod
   def from_pairs(cls, pairs: np.ndarray, num_users: int) -> "Sampler":
     pairs = np.unique(np.asarray(pairs, np.int64), axis=0)   # Sorted (u, i).
     start = np.searchsorted(pairs[:, 0], np.arange(num_users + 1))
+    longest = int(np.diff(start).max(initial=0))
     return cls(jnp.asarray(start, jnp.int32), jnp.asarray(pairs[:, 1], jnp.int32),
-               jnp.asarray(np.unique(pairs[:, 1]), jnp.int32))
+               jnp.asarray(np.unique(pairs[:, 1]), jnp.int32),
+               steps=max(1, longest.bit_length()))
 
   def is_train(self, users, items) -> jax.Array:
     """Whether each (user, item) is a train pair: a binary search per row
@@ -63,26 +70,39 @@ class Sampler:
       go = lo < hi
       return jnp.where(go & less, mid + 1, lo), jnp.where(go & ~less, mid, hi)
 
-    steps = max(1, int(np.ceil(np.log2(self.items.shape[0] + 1))) + 1)
-    lo, _ = jax.lax.fori_loop(0, steps, body, (lo, hi))
+    # Unrolled: a few fused gathers, not a loop of tiny device calls.
+    lo, _ = jax.lax.fori_loop(0, self.steps, body, (lo, hi), unroll=True)
     end = self.start[users + 1]
     return (lo < end) & (self.items[jnp.minimum(lo, self.items.shape[0] - 1)] == items)
 
-  def negatives(self, key, users) -> jax.Array:
-    """One negative per user row, redrawn while it is a train item of the user."""
-    draw = lambda k: self.pool[jax.random.randint(k, users.shape, 0, self.pool.shape[0])]
-    key, first = jax.random.split(key)
+  def draw(self, key, shape) -> jax.Array:
+    """Items drawn uniformly from the pool."""
+    return self.pool[jax.random.randint(key, shape, 0, self.pool.shape[0])]
+
+  def redraw(self, key, users, neg, spare=None) -> jax.Array:
+    """`neg` (one per user row) with every train item of its user redrawn,
+    again while it is one; `spare`, if given, are the first redraws (drawn
+    ahead with the epoch's other draws: most batches need no more)."""
+    bad = self.is_train(users, neg)
+    if spare is not None:
+      neg = jnp.where(bad, spare, neg)
+      bad = self.is_train(users, neg)
 
     def cond(c):
-      return (c[0] < MAX_REDRAWS) & jnp.any(self.is_train(users, c[1]))
+      return (c[0] < MAX_REDRAWS) & jnp.any(c[2])
 
     def body(c):
-      n, neg, key = c
+      n, neg, bad, key = c
       key, k = jax.random.split(key)
-      neg = jnp.where(self.is_train(users, neg), draw(k), neg)
-      return n + 1, neg, key
+      neg = jnp.where(bad, self.draw(k, users.shape), neg)
+      return n + 1, neg, self.is_train(users, neg), key
 
-    return jax.lax.while_loop(cond, body, (0, draw(first), key))[1]
+    return jax.lax.while_loop(cond, body, (0, neg, bad, key))[1]
+
+  def negatives(self, key, users) -> jax.Array:
+    """One negative per user row, redrawn while it is a train item of the user."""
+    key, first = jax.random.split(key)
+    return self.redraw(key, users, self.draw(first, users.shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,35 +115,39 @@ class Shape:
     return -(-self.num_train // self.batch_size)
 
 
-def epoch_order(key, s: Shape) -> jax.Array:
-  """(num_batches, batch_size) pair indices: a permutation of the pairs,
-  then padding (indices >= num_train), so only the last batch is short."""
-  perm = jnp.argsort(jax.random.bits(key, (s.num_train,), jnp.uint32)).astype(jnp.int32)
-  pad = jnp.arange(s.num_train, s.num_batches * s.batch_size, dtype=jnp.int32)
-  return jnp.concatenate([perm, pad]).reshape(s.num_batches, s.batch_size)
+def epoch_order(rng_data, s: Shape) -> np.ndarray:
+  """(num_batches, batch_size) pair indices: a permutation of the pairs
+  (seeded by the epoch's RNG key data), then padding (indices >=
+  num_train), so only the last batch is short."""
+  seed = np.asarray(rng_data).astype(np.uint64).ravel()
+  perm = np.random.default_rng(seed).permutation(s.num_train)
+  pad = np.arange(s.num_train, s.num_batches * s.batch_size)
+  return np.concatenate([perm, pad]).astype(np.int32).reshape(s.num_batches, s.batch_size)
 
 
-def _epoch(model: ZooModel, s: Shape, tx, g: Graphs, sampler: Sampler, state):
-  rng, k_perm, k_graph, k_steps = jax.random.split(jax.random.wrap_key_data(state["rng"]), 4)
+def _epoch(model: ZooModel, s: Shape, tx, g: Graphs, sampler: Sampler, state, order):
+  rng, k_neg, k_graph, k_steps = jax.random.split(jax.random.wrap_key_data(state["rng"]), 4)
   g = model.epoch_graphs(g, k_graph)
-  order = epoch_order(k_perm, s)
   grad_fn = jax.value_and_grad(model.loss, has_aux=True)
 
   def step(carry, xs):
     params, opt = carry
-    idx, key = xs
-    k_neg, k_loss = jax.random.split(key)
+    idx, drawn, keys = xs
     valid = idx < s.num_train
     pairs = g.train_pairs[jnp.minimum(idx, s.num_train - 1)]
-    neg = sampler.negatives(k_neg, pairs[:, 0]) if model.negatives else None
+    neg = (sampler.redraw(keys[0], pairs[:, 0], drawn[0], drawn[1])
+           if model.negatives else None)
     batch = Batch(users=pairs[:, 0], items=pairs[:, 1], negatives=neg, valid=valid)
-    (_, metrics), grads = grad_fn(params, g, batch, k_loss)
+    (_, metrics), grads = grad_fn(params, g, batch, keys[1])
     updates, opt = tx.update(grads, opt, params)
     return (optax.apply_updates(params, updates), opt), metrics
 
-  keys = jax.random.split(k_steps, s.num_batches)
+  # The epoch's random numbers in a few large draws, not two per step.
+  keys = jax.random.split(k_steps, (s.num_batches, 2))
+  # Each row's first negative and its first redraw.
+  drawn = sampler.draw(k_neg, (s.num_batches, 2, s.batch_size))
   (params, opt), metrics = jax.lax.scan(step, (state["params"], state["opt"]),
-                                        (order, keys))
+                                        (order, drawn, keys))
   return (dict(params=params, opt=opt, rng=jax.random.key_data(rng)),
           jax.tree.map(jnp.mean, metrics))
 
@@ -192,7 +216,8 @@ class ZooTask:
 
   def prepare(self, state, start, workdir, log) -> float:
     self._check_model(start, workdir)
-    compiled = self._epoch.lower(self.graphs, self.sampler, state["run"]).compile()
+    order = np.zeros((self.shape.num_batches, self.shape.batch_size), np.int32)
+    compiled = self._epoch.lower(self.graphs, self.sampler, state["run"], order).compile()
     flops = step_flops(compiled)
     log(f"{self.model.name}: {self.shape.num_batches} batches of "
         f"{self.shape.batch_size} per epoch, compiled")
@@ -201,7 +226,8 @@ class ZooTask:
   def advance(self, state, n):
     rows = []
     for _ in range(n):
-      run, metrics = self._epoch(self.graphs, self.sampler, state["run"])
+      order = epoch_order(jax.device_get(state["run"]["rng"]), self.shape)
+      run, metrics = self._epoch(self.graphs, self.sampler, state["run"], order)
       state = dict(state, run=run, step=state["step"] + 1)
       rows.append({k: float(v) for k, v in jax.device_get(metrics).items()})
     return state, rows, 0.0

@@ -26,8 +26,12 @@ class Graphs:
   ui: graph_lib.Edges               # D^-1/2 A D^-1/2 over U + N nodes.
   train_pairs: jax.Array            # (M, 2) int32 (user, item).
   features: tuple                   # (N, d_m) float32, one per modality.
-  item: graph_lib.Edges | None = None         # FREEDOM's frozen kNN graph.
+  item: Any = None                  # FREEDOM's frozen kNN graph (sparse.Static).
+  full: Any = None                  # `ui` as a sparse.Static, where a model evaluates over it.
   edge_weights: jax.Array | None = None       # FREEDOM's pruning law, (M,).
+  # FREEDOM's pruned graph layout (sparse.Capped): block width, spill room.
+  ui_width: int = dataclasses.field(default=0, metadata=dict(static=True))
+  ui_spill: int = dataclasses.field(default=0, metadata=dict(static=True))
 
 
 @dataclasses.dataclass

@@ -24,9 +24,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax.models import graph as graph_lib
 from mmjax.models.mmrec_zoo import common as C
+from mmjax.models.mmrec_zoo import sparse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,48 +64,73 @@ class FREEDOM(C.ZooModel):
     return params
 
   def graphs(self, train_pairs, features, on_host):
-    if not features:
-      return {}
-    weights = C.modality_weights(features.keys(), self.mm_image_weight)
-    edges = graph_lib.stack_edges(
-        [graph_lib.topk_mean_graph(f, self.knn_k) for f in features.values()],
-        weights)
-    del on_host   # XLA's gather + segment_sum beat a host call on graphs this small.
-    edges = jax.tree.map(jnp.asarray, edges)
-    pairs = jnp.asarray(train_pairs)
-    return dict(item=edges, edge_weights=graph_lib.bipartite_edge_weights(
+    # Both graphs are laid out for gathers (sparse.py), which beat the
+    # segment sum and a host call on every backend.
+    del on_host
+    pairs = jnp.asarray(train_pairs, jnp.int32)
+    out = dict(edge_weights=graph_lib.bipartite_edge_weights(
         pairs, self.num_users, self.num_items))
+    ui = graph_lib.user_item_graph(train_pairs, self.num_users, self.num_items)
+    out["full"] = jax.tree.map(jnp.asarray, sparse.Static.from_edges(
+        ui.src, ui.dst, ui.weight, self.num_users + self.num_items))
+    if features:
+      weights = C.modality_weights(features.keys(), self.mm_image_weight)
+      edges = graph_lib.stack_edges(
+          [graph_lib.topk_mean_graph(f, self.knn_k) for f in features.values()],
+          weights)
+      out["item"] = jax.tree.map(jnp.asarray, sparse.Static.from_edges(
+          edges.src, edges.dst, edges.weight, self.num_items))
+    if self.dropout > 0.0:
+      # The pruned graphs' degrees barely vary between draws: a few size
+      # the layout; a draw that spills more takes the segment sum.
+      nodes = self.num_users + self.num_items
+      draw = jax.jit(lambda k: self._pruned(pairs, out["edge_weights"], k).dst)
+      degrees = [np.bincount(np.asarray(draw(jax.random.key(s))), minlength=nodes)
+                 for s in range(3)]
+      out["ui_width"], out["ui_spill"] = sparse.capped_layout(degrees)
+    return out
 
   def keep(self, num_edges: int) -> int:
     return int(num_edges * (1.0 - self.dropout))
 
+  def _pruned(self, pairs, weights, key):
+    return graph_lib.pruned_user_item_graph(
+        key, pairs, weights, self.keep(pairs.shape[0]), self.num_users, self.num_items)
+
   def epoch_graphs(self, g, key):
     if self.dropout <= 0.0:
       return g
-    ui = graph_lib.pruned_user_item_graph(
-        key, g.train_pairs, g.edge_weights, self.keep(g.train_pairs.shape[0]),
-        self.num_users, self.num_items)
+    ui = self._pruned(g.train_pairs, g.edge_weights, key)
+    ui = sparse.Capped.from_edges(ui, self.num_users + self.num_items,
+                                  g.ui_width, g.ui_spill)
     return dataclasses.replace(g, ui=ui)
 
-  def _forward(self, params, g):
+  def _tables(self, params, g, ui=None):
+    """(the layer mean over the user-item graph `ui` (default g.ui),
+    (U + N, d); the item graph's h, (N, d)): users are the first U rows,
+    items the rest plus h."""
     h = params["item_emb"]
     if g.item is not None:
       for _ in range(self.n_mm_layers):
-        h = graph_lib.propagate(h, g.item)
+        h = sparse.propagate(h, g.item)
     x = jnp.concatenate([params["user_emb"], params["item_emb"]])
-    users, items = C.split_nodes(graph_lib.layer_mean(x, g.ui, self.n_ui_layers),
-                                 self.num_users)
-    return users, items + h
+    return sparse.layer_mean(x, g.ui if ui is None else ui, self.n_ui_layers), h
 
   def vectors(self, params, g):
-    return self._forward(params, g)
+    nodes, h = self._tables(params, g, g.full)
+    users, items = C.split_nodes(nodes, self.num_users)
+    return users, items + h
 
   def loss(self, params, g, batch, key):
     del key
-    users, items = self._forward(params, g)
-    u = users[batch.users]
-    mf = C.bpr(C.row_dot(u, items[batch.items]), C.row_dot(u, items[batch.negatives]),
-               batch.valid)
+    nodes, h = self._tables(params, g)
+    # Rows gathered from the whole tables: the gradient is one scatter into
+    # each, not per-split tables padded back together.
+    b = batch.users.shape[0]
+    items = jnp.concatenate([batch.items, batch.negatives])
+    rows = nodes[jnp.concatenate([batch.users, items + self.num_users])]
+    u, it = rows[:b], rows[b:] + h[items]
+    mf = C.bpr(C.row_dot(u, it[:b]), C.row_dot(u, it[b:]), batch.valid)
     feat = jnp.zeros((), jnp.float32)
     if self.uses_features:
       for table, trs in zip(params["feat"], params["trs"]):
