@@ -6,6 +6,7 @@
   model.similar(item="sku-ea7b6656", k=10)
   model.search("red striped shirt")  # text -> items via the aligned text tower
   model.encode_text(["a red shirt"]), model.encode_images(uint8_images)
+  model.add_items(texts=[...], images=[...], ids=[...])  # mmjax.new_items
 
 Users and items are named by the data's own ids (a catalog without them: the
 dense ints); `Scored.item` is the dense index, `Scored.id` the item's own id.
@@ -37,6 +38,7 @@ from mmjax.data.pipeline import text_tokenizer
 from mmjax.errors import MmjaxError
 from mmjax import mesh as mesh_lib
 from mmjax.eval.embed import Embedder
+from mmjax.eval import zero_shot as zero_shot_lib
 from mmjax.models.model import DataShapes, build_model
 from mmjax.postprocess import choose, item_id_table, user_refit
 from mmjax.train.checkpoint import Checkpointer, restore_best
@@ -164,6 +166,22 @@ class TrainedModel(Queries):
     return np.asarray(self._embedder.images(self._params, self._buffers,
                                             normalize_images(images)))
 
+  def zero_shot(self, images, labels, *, classes=None, templates=None) -> dict:
+    """`mmjax.eval.zero_shot.classify` of `images` (as for encode_images) with
+    true class names `labels`, among `classes` (default: the distinct labels);
+    templates default to the config's eval.zero_shot.templates."""
+    templates = zero_shot_lib.check_templates(   # Before the images are encoded.
+        self.config.eval.zero_shot.templates if templates is None else templates)
+    return zero_shot_lib.classify(self.encode_text, self.encode_images(images),
+                                  labels, classes=classes, templates=templates)
+
+  def add_items(self, *, texts, images, ids, offset_quantile=None):
+    """A new model: this one and items it never saw, scored from their text
+    and image alone (this one is left as it is). See `mmjax.new_items`."""
+    from mmjax.new_items import add_items
+    return add_items(self, texts, images, ids, decode=_image_batch,
+                     offset_quantile=offset_quantile)
+
   # -- queries (recommend, similar, seen: mmjax.queries) -------------------
 
   def search(self, text: str, k: int = 10) -> list[Scored]:
@@ -240,7 +258,7 @@ def _data_dir(config, summary: dict) -> str:
   recorded = summary.get("data", {}).get("dir", "")
   if recorded and store.is_data_dir(recorded):
     return recorded
-  return resolve_data_dir(config.data)
+  return resolve_data_dir(config.data, labelled=config.loss.pointwise > 0)
 
 
 def _local(workdir) -> str:
@@ -355,7 +373,12 @@ class FeatureGraphModel(Queries):
                      "or image tower (search and encode_* need a `mmjax "
                      "train` run)")
 
-  search = encode_text = encode_images = _no_tower
+  def add_items(self, **_):
+    raise MmjaxError(f"{self.workdir} is a feature-graph run: its item vectors come "
+                     "from the interaction graph, where a new item has no edges, and "
+                     "it has no towers to encode one (add_items needs a `mmjax train` run)")
+
+  search = encode_text = encode_images = zero_shot = _no_tower
 
 
 def _load_feature_graph(workdir: str, step) -> FeatureGraphModel:

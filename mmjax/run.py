@@ -17,8 +17,10 @@ from mmjax.eval import feature_graph as feature_graph_eval
 from mmjax.eval.embed import Embedder
 from mmjax.eval.representation import representation_report
 from mmjax.eval import evaluators
+from mmjax.eval.zero_shot import text_encoder
 from mmjax.eval.evaluate import (all_item_vectors, baselines, evaluate,
                                  scoring_vectors)
+from mmjax.eval.pointwise import evaluate_labels
 from mmjax.postprocess import choose
 from mmjax.train import aot
 from mmjax.train import feature_graph_search
@@ -61,7 +63,8 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
     embedder = Embedder(s.graphdef, s.mesh, config.train.eval_batch_size)
     item_vectors = lambda params, buffers: all_item_vectors(
         embedder, params, buffers, s.catalog, s.tokenizer)["item"]
-    recommendation = evaluators.from_config(config, s.catalog, s.mesh)["recommendation"]
+    evs = evaluators.from_config(config, s.catalog, s.mesh)
+    recommendation = evs["recommendation"]
     task = trainer.EndToEndTask(
         s, functools.partial(_valid_metrics, s, embedder, recommendation),
         item_vectors=item_vectors)
@@ -69,7 +72,8 @@ def train_and_evaluate(config, workdir: str, log=print, dry_run: bool = False) -
     if outcome.preempted_at is not None:
       return dict(preempted_at_step=outcome.preempted_at,
                   signal=outcome.preempted_by)
-    return _evaluate(s, best_state(outcome, task, workdir), outcome, embedder, log)
+    return _evaluate(s, best_state(outcome, task, workdir), outcome, embedder, log,
+                     evs.get("zero_shot"))
 
 
 def _valid_metrics(s: trainer.Setup, embedder, recommendation, params,
@@ -79,7 +83,10 @@ def _valid_metrics(s: trainer.Setup, embedder, recommendation, params,
   items = all_item_vectors(embedder, params, buffers, s.catalog, s.tokenizer)["item"]
   users, items = scoring_vectors(embedder, params, buffers, s.catalog, items,
                                  history_len)
-  return recommendation.metrics(users[recommendation.users], items)["valid"]
+  valid = recommendation.metrics(users[recommendation.users], items)["valid"]
+  labelled = evaluate_labels(s.graphdef, params, buffers, s.catalog, (users, items),
+                             splits=("valid",))
+  return {**valid, **labelled.get("valid", {})}
 
 
 def best_state(outcome: loop.Outcome, task, workdir: str) -> dict:
@@ -91,7 +98,7 @@ def best_state(outcome: loop.Outcome, task, workdir: str) -> dict:
 
 
 def _evaluate(s: trainer.Setup, state: dict, outcome: loop.Outcome, embedder,
-              log) -> dict:
+              log, zero_shot=None) -> dict:
   """Evaluates and post-processes the best state; writes the outputs."""
   config, catalog = s.config, s.catalog
   log(f"evaluating the best valid state (step {int(state['step'])}) ...")
@@ -104,9 +111,16 @@ def _evaluate(s: trainer.Setup, state: dict, outcome: loop.Outcome, embedder,
       config.postprocess, s.workdir, evaluated, embedder=embedder,
       params=state["params"], buffers=state["buffers"], catalog=catalog,
       history_len=history_len, step=int(state["step"]), log=log)
+  labelled = evaluate_labels(s.graphdef, state["params"], state["buffers"],
+                             catalog, evaluated["scoring_vectors"])
+  if labelled:
+    result["pointwise"] = labelled
   items = evaluated["item_vectors"]
   if "z_text" in items and "z_image" in items:
     result["representation"] = representation_report(items["z_text"], items["z_image"])
+  if zero_shot is not None:   # config.eval.zero_shot: the items' classes.
+    result.update(evaluators.nested(zero_shot.run(text_encoder(
+        embedder, state["params"], state["buffers"], s.tokenizer), items["z_image"])))
   result.update(baselines(catalog))
   result["retrieval"]["chance_r@1"] = 1.0 / catalog.num_items
   result["ratios"] = {
@@ -145,6 +159,17 @@ def format_summary(s: dict, split: str = "test") -> str:
     lines.append(f"  effective rank: text {rep['text']['effective_rank']:.1f}, image "
                  f"{rep['image']['effective_rank']:.1f} (of dim {rep['dim']}); "
                  f"modality gap {rep['modality_gap']:.3f}")
+  if "zero_shot" in s:
+    z = s["zero_shot"]
+    lines.append(f"  zero-shot ({z['num_classes']} classes): top-1 {z['top1']:.3f}  top-5 "
+                 f"{z['top5']:.3f}  (chance {z['chance_top1']:.3f})")
+  if "pointwise" in s:
+    p = s["pointwise"]
+    lines.append(f"  {p['kind']} labels: " + "; ".join(
+        f"{name} " + ", ".join(f"{k} {v:.4f}" for k, v in p[name].items())
+        for name in ("valid", "test") if name in p)
+        + (f" (oracle test auc {p['oracle']['test']['auc']:.4f})"
+           if "test" in p.get("oracle", {}) else ""))
   if "postprocess" in s:
     lines.append("  " + choose.describe(s["postprocess"]))
   if s.get("best"):

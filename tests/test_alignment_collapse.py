@@ -3,12 +3,10 @@ loss.decorrelation (VICReg variance + covariance) keeps them full rank and
 aligned. Plus the losses and the representation diagnostics on known input."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from mmjax import mesh as mesh_lib
 from mmjax.data import store
 from mmjax.data.features import TextTokenizer, normalize_images
 from mmjax.data.pipeline import ItemFeatures
@@ -16,10 +14,8 @@ from mmjax.eval.representation import (effective_rank, modality_gap,
                                        representation_report)
 from mmjax.losses.alignment import decorrelation, linear_align
 from mmjax.models.model import DataShapes, build_model
-from mmjax.train.optimizer import learning_rate, make_optimizer
-from mmjax.train.step import (SELF_SUPERVISED_TERMS, TERMS, init_state,
-                              make_train_step, state_shardings)
-from tiny import tiny_config
+from mmjax.train.step import SELF_SUPERVISED_TERMS, TERMS
+from tiny import compiled_step, tiny_config
 
 
 def test_linear_align_is_the_mean_squared_distance():
@@ -76,13 +72,7 @@ def _train(items, steps: int, **weights):
   for term in TERMS + SELF_SUPERVISED_TERMS:
     cfg.loss[term] = weights.get(term, 0.0)
   cfg.train.update(steps=steps, lr=3e-3, warmup_steps=5)
-  mesh, tx = mesh_lib.make_mesh(cfg.mesh), make_optimizer(cfg.train)
-  # A copy: the step donates its state, and the initial model is shared.
-  model = nnx.merge(graphdef, *jax.tree.map(jnp.copy, (params, buffers)))
-  graphdef, state = init_state(model, tx, 0)
-  sh = state_shardings(state, mesh)
-  step = make_train_step(graphdef, tx, cfg.loss, mesh, sh, learning_rate(cfg.train))
-  state, data = jax.device_put(state, sh), mesh_lib.global_batch(batch, mesh)
+  graphdef, step, state, data = compiled_step(cfg, (graphdef, params, buffers), batch)
   encode = jax.jit(lambda p, b: nnx.merge(graphdef, p, b).encode_items(
       *(data[k] for k in ("tokens", "mask", "image", "item_id")), hidden=True))
   before = encode(state["params"], state["buffers"])

@@ -30,6 +30,7 @@ LAYERS = {
     "run": 7, "api": 7, "cli": 7, "export": 7, "recommend": 7, "report": 7,
     "reevaluate": 7,
     "feature_extraction": 7, "bench": 7, "baselines": 7, "queries": 7,
+    "new_items": 7,
     "__main__": 7,  # `python -m mmjax`: the CLI.
     # The shipped config files: the loader finds them through the package;
     # they build on the config alone.

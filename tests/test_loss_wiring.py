@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmjax import mesh as mesh_lib
 from mmjax.models.model import build_model
-from mmjax.train.optimizer import learning_rate, make_optimizer
-from mmjax.train.step import (SELF_SUPERVISED_TERMS, TERMS, init_state,
-                              make_loss_fn, make_train_step, make_value_and_grad,
-                              state_shardings)
-from tiny import shapes_and_batch, tiny_config
+from mmjax.train.step import (SELF_SUPERVISED_TERMS, TERMS, make_loss_fn,
+                              make_value_and_grad)
+from tiny import compiled_step, shapes_and_batch, tiny_config
 
 # Trained alone, with the guard linear_align needs (tests/test_alignment_collapse.py).
 ALONE = {"caption": dict(caption=1.0),
@@ -46,22 +43,13 @@ def _loss_cfg(cfg, **weights):
   return cfg
 
 
-def _copy(split):
-  """A fresh copy of the initial model (the train step donates its state)."""
-  graphdef, params, buffers = split
-  return nnx.merge(graphdef, *jax.tree.map(jnp.copy, (params, buffers)))
-
 
 @pytest.mark.parametrize("term", sorted(ALONE))
 def test_the_term_alone_decreases_and_is_logged(setup, term):
   cfg, batch, split = setup
   cfg = _loss_cfg(cfg, **ALONE[term])
   cfg.train.update(steps=60, lr=3e-3, warmup_steps=2)
-  mesh, tx = mesh_lib.make_mesh(cfg.mesh), make_optimizer(cfg.train)
-  graphdef, state = init_state(_copy(split), tx, 0)
-  sh = state_shardings(state, mesh)
-  step = make_train_step(graphdef, tx, cfg.loss, mesh, sh, learning_rate(cfg.train))
-  state, data = jax.device_put(state, sh), mesh_lib.global_batch(batch, mesh)
+  _, step, state, data = compiled_step(cfg, split, batch)
   logged = []
   for _ in range(cfg.train.steps):
     state, metrics = step(state, data)

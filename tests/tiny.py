@@ -50,3 +50,22 @@ def shapes_and_batch(config):
                                   batch_size=config.train.batch_size, seed=0,
                                   co_items=config.loss.co_item > 0)))
   return shapes, {k: np.asarray(v) for k, v in batch.items()}
+
+
+def compiled_step(cfg, split, batch):
+  """(graphdef, the jitted train step, its sharded state, the sharded batch)
+  for cfg.loss and cfg.train, from a copy of the initial model `split`
+  (graphdef, params, buffers): the step donates its state."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from mmjax import mesh as mesh_lib
+  from mmjax.train.optimizer import learning_rate, make_optimizer
+  from mmjax.train.step import init_state, make_train_step, state_shardings
+  graphdef, params, buffers = split
+  mesh, tx = mesh_lib.make_mesh(cfg.mesh), make_optimizer(cfg.train)
+  model = nnx.merge(graphdef, *jax.tree.map(jnp.copy, (params, buffers)))
+  graphdef, state = init_state(model, tx, 0)
+  sh = state_shardings(state, mesh)
+  step = make_train_step(graphdef, tx, cfg.loss, mesh, sh, learning_rate(cfg.train))
+  return graphdef, step, jax.device_put(state, sh), mesh_lib.global_batch(batch, mesh)

@@ -87,6 +87,9 @@ KEYS: tuple[Key, ...] = (
       paths=(SYNTHETIC,)),
     K("data.synthetic.seed", 0, "Seed of the catalog.", bounds=_SEED,
       paths=(SYNTHETIC,)),
+    K("data.synthetic.impressions", 0, "Labelled impressions shown per user "
+      "(click or not, for loss.pointwise); 0: 20 where loss.pointwise > 0, "
+      "else none.", bounds=">= 0", paths=(SYNTHETIC,)),
     K("data.raw.root", "", "The raw folder; the paths below are relative to "
       "it. Ingested once into the cache.", paths=(RAW,), required_on=(RAW,)),
     K("data.raw.adapter", "table", "\"table\": an items and an interactions "
@@ -107,6 +110,9 @@ KEYS: tuple[Key, ...] = (
       "id.", paths=(RAW,)),
     K("data.raw.columns.split", "split", "Interactions column: train/valid/"
       "test, used if present.", paths=(RAW,)),
+    K("data.raw.columns.label", "", "Interactions column: an explicit label "
+      "for loss.pointwise, 0/1 clicks (0: an impression, no positive) or "
+      "ratings; \"\": none.", paths=(RAW,)),
     K("data.raw.image_size", 64, "Images are resized to fit, centred on grey.",
       bounds=_POS, paths=(RAW,)),
     K("data.raw.valid_fraction", 0.1, "Per user, without a split column.",
@@ -245,6 +251,9 @@ KEYS: tuple[Key, ...] = (
     K("loss.bpr", 0.0, "BPR recommendation loss.", bounds=_NONNEG),
     K("loss.bce", 0.0, "Binary cross-entropy recommendation loss.",
       bounds=_NONNEG, paths=END_TO_END),
+    K("loss.pointwise", 0.0, "A head on (user, item) fits the explicit labels: "
+      "BCE on 0/1 clicks, squared error on ratings; valid/test report AUC and "
+      "log-loss, or RMSE (summary.json's \"pointwise\").", **_E2E_WEIGHT),
     K("loss.caption", 0.0, "CoCa captioning: a causal decoder predicts the "
       "item's text from its image (model.caption.*).", **_E2E_WEIGHT),
     K("loss.linear_align", 0.0, "||A x_text - B x_image||^2 before "
@@ -341,6 +350,27 @@ KEYS: tuple[Key, ...] = (
     K("postprocess.user_refit_steps", 100, "Full-batch Adam steps per "
       "penalty.", bounds=_POS, paths=END_TO_END),
 
+    # --- eval: extra evaluators (mmjax/eval/evaluators.py) -------------------
+    K("eval.zero_shot.labels_file", "", "A table (CSV; .tsv tab-separated) "
+      "giving items a class label; relative paths are in data.raw.root. The "
+      "items' images are classified zero-shot among the labels through the "
+      "text tower (mmjax/eval/zero_shot.py); \"\": off.", paths=(RAW,)),
+    K("eval.zero_shot.id_column", "item_id", "Its column of item ids.",
+      paths=(RAW,)),
+    K("eval.zero_shot.label_column", "label", "Its column of class labels.",
+      paths=(RAW,)),
+    K("eval.zero_shot.ignore_labels", (), "Labels whose items are left out, "
+      "e.g. (\"Not sure\",).", of=str, paths=(RAW,)),
+    K("eval.zero_shot.templates", ("a photo of a {label}.", "a {label}.",
+                                   "a photo of the {label}.",
+                                   "a good photo of a {label}.",
+                                   "a picture of a {label}."),
+      "Prompts, each with {label}; a class's text vector is the normalized "
+      "mean of its prompts' vectors.", of=str, nonempty=True, paths=(RAW,)),
+    K("eval.zero_shot.split", "test", "The items evaluated: those of this "
+      "split's interactions, or all.", choices=("train", "valid", "test", "all"),
+      paths=(RAW,)),
+
     # --- feature_graph: data.name="mmrec" (mmjax/models/feature_graph.py) ---
     K("feature_graph.encoder", "linear", "Per modality, from the fixed "
       "features to model.dim.", choices=("identity", "linear", "mlp"),
@@ -398,6 +428,7 @@ SECTIONS = {
     "train": "Optimization, checkpoints and logging.",
     "postprocess": "Optional evaluation-time calibration, chosen on valid "
                    "recall@20 and written to postprocess.json in the workdir.",
+    "eval": "Evaluations besides ranking and retrieval, run after training.",
     "feature_graph": "The graph recommender on fixed item features "
                      "(data.name=\"mmrec\", MMRec's protocol).",
     "grid": "Feature graph: a hyper-parameter search, picked on valid.",

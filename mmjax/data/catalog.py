@@ -41,6 +41,12 @@ class Catalog(ids.OwnIds):
     oracle_scores: (U, N) float32 true preference logits (synthetic only).
     user_ids, item_ids: the users' and items' own ids (str or int) in dense
       order, as the raw data names them; None: the dense ints are the ids.
+    labels: (M,) float32 explicit label of each interaction row, or None.
+      Labels all in {0, 1} are clicks ("binary"): a 0 row is an impression
+      shown but not clicked, which is no positive, so `split_pairs` and
+      everything built on it (histories, popularity, ranking targets) skip
+      it. Any other labels are ratings ("rating"): every rated row is a
+      positive. `labelled_rows` gives every row with its label.
   """
   item_text: list[str]
   item_images: np.ndarray
@@ -52,14 +58,34 @@ class Catalog(ids.OwnIds):
   oracle_scores: np.ndarray | None = None
   user_ids: list | None = None
   item_ids: list | None = None
+  labels: np.ndarray | None = None
 
   @property
   def image_size(self) -> int:
     return int(self.item_images.shape[1])
 
+  @property
+  def label_kind(self) -> str:
+    """"binary" (every label 0 or 1), "rating" (any other), "" (no labels)."""
+    return label_kind(self.labels)
+
   def split_pairs(self, split_id: int) -> np.ndarray:
-    """(M_s, 2) int32 (user_id, item_id) rows of one split, in row order."""
-    return self.interactions[self.split == split_id]
+    """(M_s, 2) int32 (user_id, item_id) positive rows of one split, in row
+    order (a binary label's 0 rows left out)."""
+    rows = self.split == split_id
+    if self.label_kind == "binary":
+      rows &= self.labels > 0
+    return self.interactions[rows]
+
+  def labelled_rows(self, split_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """((M_s, 2) int32 (user_id, item_id), (M_s,) float32 labels): every
+    row of one split, impressions included; MmjaxError without labels."""
+    if self.labels is None:
+      raise MmjaxError("the catalog has no labels: loss.pointwise needs a label "
+                       "column (data.raw.columns.label) or synthetic impressions "
+                       "(data.synthetic.impressions)")
+    rows = self.split == split_id
+    return self.interactions[rows], self.labels[rows]
 
   def user_histories(
       self, split_id: int = TRAIN, max_len: int | None = None, pad: int = -1
@@ -144,6 +170,13 @@ class Catalog(ids.OwnIds):
                          f"got {self.oracle_scores.shape}")
       if not np.isfinite(self.oracle_scores).all():
         raise MmjaxError("catalog.oracle_scores must be finite")
+    if self.labels is not None:
+      _check_array("labels", self.labels, np.float32, ndim=1)
+      if self.labels.shape[0] != m:
+        raise MmjaxError(f"catalog.labels must have shape ({m},), "
+                         f"got {self.labels.shape}")
+      if not np.isfinite(self.labels).all():
+        raise MmjaxError("catalog.labels must be finite")
     for kind, raw, count in (("user", self.user_ids, u),
                              ("item", self.item_ids, n)):
       if raw is not None:
@@ -152,6 +185,13 @@ class Catalog(ids.OwnIds):
         except MmjaxError as e:
           raise MmjaxError(f"catalog.{kind}_ids: {e}") from None
     return self
+
+
+def label_kind(labels) -> str:
+  """"binary" where every label is 0 or 1, "rating" otherwise, "" for None."""
+  if labels is None:
+    return ""
+  return "binary" if np.isin(labels, (0.0, 1.0)).all() else "rating"
 
 
 def _check_array(field, value, dtype, ndim):

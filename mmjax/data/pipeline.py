@@ -1,12 +1,13 @@
 """The grain train pipeline: interactions -> batches with joined item features.
 
-Streams the train interactions through grain: seeded global shuffle (a new
-order every epoch), per-process sharding, batching, then one vectorized
-random transform per batch (item join, BERT masking, image normalization +
-augmentation, history sampling). Its randomness is seeded by the batch's
-position in the stream, so the stream is reproducible and resumable from
-grain's iterator state. Prefetch runs in threads, or in worker processes
-with `data.worker_count > 0`.
+Streams the train interactions through grain a batch at a time: each batch
+index maps to its rows of a seeded global shuffle (a new order every epoch),
+sharded per process (`stream.ShuffledBatches`), then one vectorized random
+transform per batch (item join, BERT masking, image normalization +
+augmentation, history sampling); no step runs per example in Python. Its
+randomness is seeded by the batch's position in the stream, so the stream
+is reproducible and resumable from grain's iterator state. Prefetch runs
+in threads, or in worker processes with `data.worker_count > 0`.
 
 With `data.item_ssl_fraction` > 0 the last rows of every batch are items
 alone, from a second seeded stream over the whole catalog (each epoch of it
@@ -14,6 +15,11 @@ a new permutation of every item, sharded like the interactions): items
 without a train interaction reach the self-supervised terms too. Those rows
 have no user (`is_interaction` False; user 0, an empty history, no
 co-item), and the train step keeps them out of the recommendation terms.
+
+With `labels` (loss.pointwise on a labelled catalog) the stream runs over
+every labelled train row, impressions too: each batch adds `label` and
+`is_labelled`, and `is_interaction` is False on the rows that are no
+positive (a 0 click), which the implicit terms then mask like item-only rows.
 
 Items are joined per batch from the data dir's item records
 (`stream.ItemRecords`: read, tokenized and cached within a bounded number of
@@ -25,14 +31,17 @@ catalogs and as the reference the streamed join is tested against.
 
 import dataclasses
 import signal
+import sys
 
 import grain
 from absl import flags
 import numpy as np
 
 from mmjax.data import store
-from mmjax.data.features import TextTokenizer, mask_tokens, model_images
-from mmjax.data.stream import ItemRecords, TrainInteractions, _log_popularity
+from mmjax.data.batch_images import batch_model_images
+from mmjax.data.features import TextTokenizer, mask_tokens
+from mmjax.data.stream import (ItemRecords, ShuffledBatches, TrainInteractions,
+                                _log_popularity)
 from mmjax.errors import MmjaxError
 
 
@@ -70,14 +79,26 @@ class BatchTransform(grain.transforms.RandomMap):
   mlm_max_predictions: int
   augment: bool
   co_items: bool = False   # Also another train item of each user (loss.co_item).
+  # Labelled streams (loss.pointwise): each row's label and whether it is a
+  # positive, by row index (the stream's third column).
+  labels: np.ndarray | None = None
+  positive: np.ndarray | None = None
 
   def random_map(self, batch, rng: np.random.Generator):
     """batch: the (B, 2) pairs, or (pairs, item ids) with item-only rows."""
     pairs, item_only = batch if isinstance(batch, tuple) else (batch, None)
     pairs = np.asarray(pairs, np.int32)
     users, item_ids = pairs[:, 0].copy(), pairs[:, 1].copy()
-    if item_only is not None:
+    extra = len(item_only) if item_only is not None else 0
+    if self.labels is not None:
+      rows = pairs[:, 2]
+      label = np.concatenate([self.labels[rows], np.zeros(extra, np.float32)])
+      is_labelled = np.arange(len(users) + extra) < len(users)
+      is_interaction = is_labelled & np.concatenate(
+          [self.positive[rows], np.zeros(extra, bool)])
+    elif item_only is not None:
       is_interaction = np.arange(len(users) + len(item_only)) < len(users)
+    if item_only is not None:
       # User 0 keeps every gather in range; the step masks these rows out.
       users = np.concatenate([users, np.zeros(len(item_only), np.int32)])
       item_ids = np.concatenate([item_ids, np.asarray(item_only, np.int32)])
@@ -92,18 +113,20 @@ class BatchTransform(grain.transforms.RandomMap):
     ok = (hist >= 0) & (hist != item_ids[:, None])
     out = dict(
         user_id=users, item_id=item_ids, tokens=tokens, mask=mask,
-        image=model_images(images, rng if self.augment else None),
+        image=batch_model_images(images, rng if self.augment else None),
         mlm_tokens=mlm_tokens, mlm_positions=positions, mlm_labels=labels,
         history=self._sample_histories(hist, ok, rng),
         log_q=self.log_q[item_ids])
-    if item_only is not None:
+    if item_only is not None or self.labels is not None:
       out["is_interaction"] = is_interaction
+    if self.labels is not None:
+      out.update(label=label, is_labelled=is_labelled)
     if self.co_items:
       co = self._sample_co_items(hist, ok, rng)
       shown = np.where(co >= 0, co, item_ids)   # Rows without one: masked out.
       co_tokens, co_mask, co_images = self.items.lookup(shown)
       out.update(co_item_id=co, co_tokens=co_tokens, co_mask=co_mask,
-                 co_image=model_images(co_images, rng if self.augment else None))
+                 co_image=batch_model_images(co_images, rng if self.augment else None))
     return out
 
   @staticmethod
@@ -137,11 +160,12 @@ def text_tokenizer(data_dir: str, config) -> TextTokenizer:
 def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
                   tokenizer: TextTokenizer | None = None,
-                  co_items: bool = False,
+                  co_items: bool = False, labels: bool = False,
                   items: ItemFeatures | None = None) -> grain.IterDataset:
   """The endless, checkpointable stream of this process's train batches
   (tokenized by `tokenizer`, by default the catalog's); `co_items` adds the
-  inputs of loss.co_item (co_item_id, co_tokens, co_mask, co_image).
+  inputs of loss.co_item (co_item_id, co_tokens, co_mask, co_image),
+  `labels` those of loss.pointwise (label, is_labelled, is_interaction).
 
   `catalog` (the data dir's, loaded) only saves re-reading the interactions;
   None reads them from data_dir. Items stream from data_dir's records unless
@@ -150,8 +174,8 @@ def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
   """
   if tokenizer is None:
     tokenizer = TextTokenizer(store.tokenizer_path(data_dir), data_cfg.max_text_len)
-  inter = (TrainInteractions.read(data_dir) if catalog is None
-           else TrainInteractions.from_catalog(catalog))
+  inter = (TrainInteractions.read(data_dir, labels) if catalog is None
+           else TrainInteractions.from_catalog(catalog, labels))
   if items is None:
     items = ItemRecords(data_dir, tokenizer, data_cfg.item_cache)
   transform = BatchTransform(
@@ -159,22 +183,22 @@ def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
       log_q=inter.log_q,
       history_len=data_cfg.history_len, mlm_prob=data_cfg.mlm_prob,
       mlm_max_predictions=data_cfg.mlm_max_predictions, augment=data_cfg.augment,
-      co_items=co_items)
+      co_items=co_items, labels=inter.labels, positive=inter.positive)
   local = batch_size // process_count
   m = item_only_rows(data_cfg.item_ssl_fraction, local)
-  ds = grain.MapDataset.source(inter.pairs)
-  ds = ds.shuffle(seed=seed).repeat(None)
-  ds = ds[process_index::process_count]
-  ds = ds.batch(local - m, drop_remainder=True)
+  source = inter.pairs
+  if labels:   # The row index finds each row's label in the transform.
+    rows = np.arange(len(source), dtype=np.int32)[:, None]
+    source = np.concatenate([source, rows], 1)
+  batches = ShuffledBatches(source, local - m, seed, process_index, process_count)
   if m:
-    # Indexed like the interaction batches, so grain's iterator state (the
-    # next index) restores both streams' positions.
-    item_ds = grain.MapDataset.source(np.arange(len(inter.log_q), dtype=np.int32))
-    item_ds = item_ds.shuffle(seed=seed + 2).repeat(None)
-    item_ds = item_ds[process_index::process_count]
-    item_ds = item_ds.batch(m, drop_remainder=True)
-    both = min(len(ds), len(item_ds))   # Both endless; zip wants equal lengths.
-    ds = grain.experimental.ZipMapDataset([ds[:both], item_ds[:both]])
+    # Item-only rows: a second stream, batched in step with the first, so
+    # grain's iterator state (the next index) restores both positions.
+    item_batches = ShuffledBatches(np.arange(len(inter.log_q), dtype=np.int32),
+                                   m, seed + 2, process_index, process_count)
+    batches = _Zip(batches, item_batches)
+  # Endless: as many batch indices as int64 row positions allow.
+  ds = grain.MapDataset.range(sys.maxsize // (local * process_count)).map(batches)
   ds = ds.random_map(transform, seed=seed + 1)
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=data_cfg.num_threads, prefetch_buffer_size=data_cfg.prefetch))
@@ -185,6 +209,16 @@ def train_dataset(data_dir: str, catalog, data_cfg, *, batch_size: int,
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=data_cfg.worker_count), worker_init_fn=_ignore_ctrl_c)
   return it
+
+
+@dataclasses.dataclass(frozen=True)
+class _Zip(grain.transforms.Map):
+  """Batch index -> (interaction rows, item-only item ids)."""
+  pairs: ShuffledBatches
+  items: ShuffledBatches
+
+  def map(self, index):
+    return self.pairs.map(index), self.items.map(index)
 
 
 def item_only_rows(fraction: float, local_batch: int) -> int:

@@ -131,11 +131,13 @@ def build_catalog(src, raw_cfg) -> tuple[catalog_lib.Catalog, dict]:
     raise MmjaxError(f"{src.interactions_file}: {how} leaves no "
                      f"{'/'.join(empty)} interactions")
   texts = [t for t, keep in zip(src.item_text, ok) if keep]
+  labels = (None if src.labels is None
+            else np.asarray(src.labels, np.float32)[kept])
   catalog = catalog_lib.Catalog(
       item_text=texts, item_images=loaded.pixels,
       interactions=np.stack([users, new_id[item_rows][kept]], 1).astype(np.int32),
       split=split, num_users=len(user_ids), num_items=int(ok.sum()),
-      user_ids=user_ids,
+      user_ids=user_ids, labels=labels,
       item_ids=[i for i, keep in zip(src.item_ids, ok) if keep]).validate()
   skipped = [n for n, keep in zip(src.image_names, ok) if not keep]
   report = dict(
@@ -176,6 +178,8 @@ def cache_key(src, raw_cfg) -> dict:
         stamp = "missing"
     stats.update(f"{name} {stamp}\n".encode())
   options = {k: v for k, v in raw_cfg.to_dict().items() if k != "root"}
+  if not options["columns"].get("label"):   # Unlabelled folders keep their cache.
+    options["columns"].pop("label", None)
   return dict(ingest_version=INGEST_VERSION, options=options, tables=tables,
               images=stats.hexdigest())
 

@@ -3,13 +3,16 @@
 A raw data folder (config.data.raw.root) holds
 
   items_file          item_id, text, image   (one row per item)
-  interactions_file   user_id, item_id [, split]   (rows in time order)
+  interactions_file   user_id, item_id [, split] [, label]   (rows in time order)
   image_root/<image>  the image files the items table names
 
 Both tables are CSV, or tab-separated when named *.tsv / *.inter (MMRec's
 `userID itemID rating x_label` files read as-is with renamed columns). Column
 names are configurable (config.data.raw.columns); the optional split column
-holds train/valid/test or MMRec's 0/1/2. Ids stay strings here; `raw.py`
+holds train/valid/test or MMRec's 0/1/2. The label column, read only where
+config.data.raw.columns.label names it, holds a number per row: 0/1 clicks
+(a 0 row is an impression, no positive) or ratings (catalog.py's rule).
+Ids stay strings here; `raw.py`
 makes them dense and keeps these strings as the catalog's own ids. Every row remembers its "file:line" for error messages.
 Tables are UTF-8, with or without a byte-order mark.
 
@@ -21,6 +24,7 @@ other into None, which ingestion counts as refused and never opens.
 from __future__ import annotations
 
 import csv
+import math
 import dataclasses
 import os
 
@@ -105,6 +109,7 @@ class RawSource:
   interaction_where: list[str]
   root: str                     # image paths are keyed relative to it
   files: list[str]              # table files whose bytes key the cache
+  labels: list[float] | None = None   # the label column; None: unlabelled
 
 
 def resolve(raw_cfg, name: str) -> str:
@@ -139,6 +144,21 @@ def read_splits(table: Table, name: str) -> list[int]:
   return out
 
 
+def read_labels(table: Table, name: str) -> list[float]:
+  """The label column as finite floats; anything else names its file:line."""
+  out = []
+  for row, v in enumerate(table.required(name, "config.data.raw.columns.label")):
+    try:
+      value = float(v)
+    except ValueError:
+      value = float("nan")
+    if not math.isfinite(value):
+      raise MmjaxError(f"{table.where(row)}: label {v!r} is not a finite number "
+                       f"(config.data.raw.columns.label={name!r}: 0/1 or a rating)")
+    out.append(value)
+  return out
+
+
 def from_tables(raw_cfg) -> RawSource:
   """The generic adapter: an items table and an interactions table."""
   cols, key = raw_cfg.columns, "config.data.raw.columns"
@@ -158,6 +178,7 @@ def from_tables(raw_cfg) -> RawSource:
       items=inter.required(cols.item_id, f"{key}.item_id"),
       splits=(read_splits(inter, cols.split)
               if cols.split and inter.has(cols.split) else None),
+      labels=read_labels(inter, cols.label) if cols.label else None,
       interaction_where=[inter.where(r) for r in range(len(inter.rows))],
       root=data_root(raw_cfg),
       files=[items.path, inter.path])

@@ -12,6 +12,8 @@ Layout of a data dir:
                         bytes), attributes; and item_records.npy, (N,) int32:
                         the record holding each item id
   interactions/1.0.0/   TFDS splits train/valid/test: user_id, item_id, row
+                        (and label, float32, in a labelled catalog: meta.json's
+                        "label_kind" is then "binary" or "rating")
 
 TFDS shuffles records on write, so readers must use the stored ids, never
 record positions; `row` is the interaction's row in `Catalog.interactions`,
@@ -138,12 +140,17 @@ def _interactions_builder(cat, root):
       "item_id": tfds.features.Scalar(np.int32),
       "row": tfds.features.Scalar(np.int64),
   }
+  if cat.labels is not None:
+    features["label"] = tfds.features.Scalar(np.float32)
 
   def split_gen(split_id):
     def examples():
       for row in np.flatnonzero(cat.split == split_id):
         user, item = cat.interactions[row]
-        yield int(row), {"user_id": user, "item_id": item, "row": row}
+        example = {"user_id": user, "item_id": item, "row": row}
+        if cat.labels is not None:
+          example["label"] = cat.labels[row]
+        yield int(row), example
     return examples
 
   splits = {name: split_gen(i) for i, name in
@@ -206,6 +213,7 @@ def _write(cat, data_dir, *, tokenizer_vocab, replace, extra_meta=None,
         "num_items": int(cat.num_items),
         "image_size": cat.image_size,
         "attributes": list(cat.item_attrs or {}),
+        "label_kind": cat.label_kind,
         "num_interactions": {n: int((cat.split == i).sum()) for i, n in
                              enumerate(catalog_lib.SPLIT_NAMES)},
         **(extra_meta or {}),
@@ -366,6 +374,8 @@ def load_catalog(data_dir: str) -> catalog_lib.Catalog:
       [np.stack([p["user_id"], p["item_id"]], axis=1) for p in parts])
   split = np.concatenate(
       [np.full(len(p["row"]), i, np.int8) for i, p in enumerate(parts)])
+  labels = (np.concatenate([p["label"] for p in parts])[order_rows].astype(np.float32)
+            if meta.get("label_kind") else None)
 
   oracle_file = os.path.join(data_dir, _ORACLE)
   raw_ids = _read_ids(data_dir)
@@ -381,6 +391,7 @@ def load_catalog(data_dir: str) -> catalog_lib.Catalog:
                      else None),
       user_ids=raw_ids.get("users"),
       item_ids=raw_ids.get("items"),
+      labels=labels,
   ).validate()
 
 
@@ -422,8 +433,10 @@ def ensure_synthetic(
   a name hashed from the spec and the format version, so any change to either
   gets a fresh dir.
   """
-  data_dir = cached_dir("synthetic", {"spec": dataclasses.asdict(spec)},
-                        cache_root)
+  key = dataclasses.asdict(spec)
+  if not spec.impressions:   # Unlabelled catalogs keep their cache entries.
+    del key["impressions"]
+  data_dir = cached_dir("synthetic", {"spec": key}, cache_root)
   if not is_data_dir(data_dir):
     _write(synthetic.generate(spec), data_dir, tokenizer_vocab=SYNTHETIC_VOCAB,
            replace=False,

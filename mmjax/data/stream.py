@@ -7,17 +7,20 @@ image: each process (and each grain worker) keeps only a bounded cache of
 recently used items. `TrainInteractions` is what the stream needs of the
 interactions (the train pairs, the users' train histories, the items'
 log-popularity), read from the interaction records alone.
+`ShuffledBatches` gives each batch's rows of the shuffled, sharded stream.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 
+import grain
 import numpy as np
 
 from mmjax.data import store
-from mmjax.data.catalog import TRAIN
+from mmjax.data.catalog import TRAIN, label_kind
 from mmjax.data.features import TextTokenizer
 from mmjax.errors import MmjaxError
 
@@ -43,6 +46,9 @@ class ItemRecords:
       raise MmjaxError(f"{data_dir}: item_records.npy has {len(self._records)} "
                        f"entries for {self.num_items} items; write the data dir again")
     self._source = None   # Opened on first read, in the reading process.
+    # grain's read threads map batches concurrently: one lookup at a time
+    # keeps a slot from being refilled while another batch copies it.
+    self._lock = threading.Lock()
     self._slots: collections.OrderedDict[int, int] = collections.OrderedDict()
     length = tokenizer.max_len
     self._tokens = np.zeros((capacity, length), np.int32)
@@ -63,25 +69,36 @@ class ItemRecords:
       raise MmjaxError(f"item ids out of range [0, {self.num_items}): "
                        f"{item_ids.min()}..{item_ids.max()}")
     unique, inverse = np.unique(item_ids, return_inverse=True)
-    hit, slots = [], []
-    for j, item in enumerate(unique.tolist()):
-      slot = self._slots.get(item)
-      if slot is not None:
-        self._slots.move_to_end(item)
-        hit.append(j)
-        slots.append(slot)
-    miss = np.setdiff1d(np.arange(len(unique)), hit)
-    length = self.tokenizer.max_len
-    tokens = np.empty((len(unique), length), np.int32)
-    mask = np.empty((len(unique), length), np.int32)
-    images = np.empty((len(unique), *self.image_shape), np.uint8)
-    tokens[hit], mask[hit], images[hit] = (
-        self._tokens[slots], self._mask[slots], self._images[slots])
-    if len(miss):
-      read = self._read(unique[miss])
-      tokens[miss], mask[miss], images[miss] = read
-      self._remember(unique[miss], *read)
+    with self._lock:
+      slots = np.fromiter(map(self._slot, unique.tolist()), np.int64, len(unique))
+      miss = np.flatnonzero(slots < 0)
+      if len(unique) <= self.capacity:
+        # Read the misses into the cache (evicting no item of this batch),
+        # then gather every row from it at once.
+        if len(miss):
+          slots[miss] = self._remember(unique[miss], *self._read(unique[miss]))
+        rows = slots[inverse]
+        return self._tokens[rows], self._mask[rows], self._images[rows]
+      length = self.tokenizer.max_len
+      tokens = np.empty((len(unique), length), np.int32)
+      mask = np.empty((len(unique), length), np.int32)
+      images = np.empty((len(unique), *self.image_shape), np.uint8)
+      hit = np.flatnonzero(slots >= 0)
+      tokens[hit], mask[hit], images[hit] = (
+          self._tokens[slots[hit]], self._mask[slots[hit]], self._images[slots[hit]])
+      if len(miss):
+        read = self._read(unique[miss])
+        tokens[miss], mask[miss], images[miss] = read
+        self._remember(unique[miss], *read)
     return tokens[inverse], mask[inverse], images[inverse]
+
+  def _slot(self, item: int) -> int:
+    """item's cache slot, marked most recently used; -1 if not cached."""
+    slot = self._slots.get(item)
+    if slot is None:
+      return -1
+    self._slots.move_to_end(item)
+    return slot
 
   def _read(self, item_ids):
     if self._source is None:
@@ -96,47 +113,130 @@ class ItemRecords:
         len(ids), *self.image_shape)
     return tokens, mask, images
 
-  def _remember(self, item_ids, tokens, mask, images):
+  def _remember(self, item_ids, tokens, mask, images) -> np.ndarray:
     """Caches the newest min(len, capacity) items, evicting the least
-    recently used ones."""
+    recently used ones; their slots (-1: not cached)."""
     keep = min(len(item_ids), self.capacity)
+    slots = np.full(len(item_ids), -1, np.int64)
     for k in range(len(item_ids) - keep, len(item_ids)):
       if len(self._slots) < self.capacity:
         slot = len(self._slots)
       else:
         _, slot = self._slots.popitem(last=False)
-      self._slots[int(item_ids[k])] = slot
-      self._tokens[slot], self._mask[slot] = tokens[k], mask[k]
-      self._images[slot] = images[k]
+      self._slots[int(item_ids[k])] = slots[k] = slot
+    cached = slots >= 0
+    self._tokens[slots[cached]] = tokens[cached]
+    self._mask[slots[cached]] = mask[cached]
+    self._images[slots[cached]] = images[cached]
+    return slots
+
+
+class ShuffledBatches(grain.transforms.Map):
+  """Batch index -> that batch's rows of one process's share of an endless
+  stream over `rows`, each epoch a new seeded permutation of them.
+
+  The shape of grain's `shuffle().repeat()[p::count].batch()` (process p
+  takes every count-th row from the p-th; a batch may span two epochs),
+  with numpy's permutations, computed a batch at a time: grain computes it
+  per row in Python, which cost more than the rest of the pipeline. A batch
+  is a pure function of its index, so grain's iterator state (the next
+  index) still restores the stream.
+  """
+
+  def __init__(self, rows: np.ndarray, batch: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    if len(rows) == 0:
+      raise MmjaxError("the train stream has no rows to shuffle")
+    self.rows, self.batch, self.seed = rows, batch, seed
+    self.process_index, self.process_count = process_index, process_count
+    # Epochs one batch of every process spans: two unless rows are fewer.
+    self._keep = 2 + batch * process_count // len(rows)
+    self._orders: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k not in ("_orders", "_lock")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _orders={}, _lock=threading.Lock())
+
+  def map(self, index: int) -> np.ndarray:
+    local = np.arange(index * self.batch, (index + 1) * self.batch, dtype=np.int64)
+    epoch, at = np.divmod(self.process_index + local * self.process_count,
+                          len(self.rows))
+    picked = np.empty(self.batch, np.int64)
+    for e in np.unique(epoch).tolist():
+      here = epoch == e
+      picked[here] = self._order(e)[at[here]]
+    return self.rows[picked]
+
+  def _order(self, epoch: int) -> np.ndarray:
+    """The epoch's permutation, the last few kept: read threads may finish
+    batches out of order across an epoch's end."""
+    with self._lock:
+      order = self._orders.get(epoch)
+      if order is None:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.rows)).astype(np.int32)
+        self._orders[epoch] = order
+        while len(self._orders) > self._keep:
+          del self._orders[min(self._orders)]
+      return order
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainInteractions:
-  """What the train stream needs of the interactions."""
+  """What the train stream needs of the interactions.
+
+  Unlabelled, `pairs` are the positives. Labelled (loss.pointwise), they are
+  every train row, impressions too, and `labels` / `positive` say which
+  rows are positives; histories and popularity count the positives only.
+  """
   pairs: np.ndarray       # (M, 2) int32 train (user_id, item_id), row order
   histories: np.ndarray   # (U, longest) int32 each user's train items, -1 pads
   log_q: np.ndarray       # (N,) float32 log of each item's smoothed share
+  labels: np.ndarray | None = None     # (M,) float32, labelled streams only
+  positive: np.ndarray | None = None   # (M,) bool, labelled streams only
 
   @classmethod
-  def of(cls, pairs: np.ndarray, num_users: int, num_items: int):
-    users = pairs[:, 0]
-    counts = np.bincount(users, minlength=num_users)
+  def of(cls, pairs: np.ndarray, num_users: int, num_items: int,
+         labels: np.ndarray | None = None):
+    positive = None
+    if labels is not None:
+      positive = np.ones(len(pairs), bool)
+      if label_kind(labels) == "binary":
+        positive = labels > 0
+    pos = pairs if positive is None else pairs[positive]
+    counts = np.bincount(pos[:, 0], minlength=num_users)
     longest = max(1, int(counts.max()))
-    return cls(pairs, _histories(pairs, counts, longest),
-               _log_popularity(np.bincount(pairs[:, 1], minlength=num_items)))
+    return cls(pairs, _histories(pos, counts, longest),
+               _log_popularity(np.bincount(pos[:, 1], minlength=num_items)),
+               labels, positive)
 
   @classmethod
-  def from_catalog(cls, catalog):
+  def from_catalog(cls, catalog, labelled: bool = False):
+    if labelled:
+      pairs, labels = catalog.labelled_rows(TRAIN)
+      return cls.of(pairs, catalog.num_users, catalog.num_items, labels)
     return cls.of(catalog.split_pairs(TRAIN), catalog.num_users, catalog.num_items)
 
   @classmethod
-  def read(cls, data_dir: str):
+  def read(cls, data_dir: str, labelled: bool = False):
     """From the interaction records alone (no item is read)."""
     meta = store.read_meta(data_dir)
+    if labelled and not meta.get("label_kind"):
+      raise MmjaxError(f"{data_dir} has no labels: loss.pointwise needs a label "
+                       "column (data.raw.columns.label) or synthetic impressions "
+                       "(data.synthetic.impressions)")
     part = store.read_records(store.open_interactions(data_dir, "train"))
     order = np.argsort(part["row"], kind="stable")
     pairs = np.stack([part["user_id"], part["item_id"]], 1)[order].astype(np.int32)
-    return cls.of(pairs, int(meta["num_users"]), int(meta["num_items"]))
+    labels = (part["label"][order].astype(np.float32)
+              if meta.get("label_kind") else None)
+    if labels is not None and not labelled and meta["label_kind"] == "binary":
+      pairs = pairs[labels > 0]   # The positives alone, as from_catalog's.
+    return cls.of(pairs, int(meta["num_users"]), int(meta["num_items"]),
+                  labels if labelled else None)
 
 
 def _histories(pairs, counts, width):

@@ -24,6 +24,14 @@ with Zipf-like log-popularity and small item-specific noise. Each user's
 interactions are a sample without replacement from softmax(logit / T)
 (Gumbel-top-k), shuffled, then split: last 10% test, previous 10% valid (at
 least one each), the rest train. `Catalog.oracle_scores` holds the logits.
+
+With `impressions` > 0 the catalog is labelled (loss.pointwise): each
+interaction is a click (label 1), and each user is also shown `impressions`
+other items, drawn from softmax(logit / (2 T)) (a recommender that half
+follows the user's taste), each clicked with probability
+sigmoid(logit - the logits' 90th percentile). A clicked impression is one
+more positive; an unclicked one a label-0 row that no implicit term sees.
+Impressions are split per user like the interactions.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ _POP_BETA = 0.4         # weight of Zipf log-popularity
 _QUALITY_NOISE = 0.3    # std of the item-specific logit offset
 _TEMPERATURE = 0.7      # sampling temperature over logits
 _MIN_PER_USER = 10      # fewest interactions of a user (if the mean allows)
+_CLICK_QUANTILE = 90    # impressions above this logit percentile mostly clicked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +75,7 @@ class SyntheticSpec:
   image_size: int = 32
   interactions_per_user: int = 30  # mean; min 10 (or the mean if smaller)
   seed: int = 0
+  impressions: int = 0   # labelled impressions per user; 0: an unlabelled catalog
 
 
 def generate(spec: SyntheticSpec) -> catalog_lib.Catalog:
@@ -74,7 +84,7 @@ def generate(spec: SyntheticSpec) -> catalog_lib.Catalog:
   # One independent stream per concern, so e.g. changing num_users leaves
   # item images and texts unchanged.
   rng = {name: np.random.default_rng([spec.seed, i]) for i, name in
-         enumerate(("items", "images", "text", "users", "sample"))}
+         enumerate(("items", "images", "text", "users", "sample", "impressions"))}
   n = spec.num_items
   attrs = {a: rng["items"].integers(0, len(v), n).astype(np.int32)
            for a, v in VOCAB.items()}
@@ -85,6 +95,10 @@ def generate(spec: SyntheticSpec) -> catalog_lib.Catalog:
   logits = _true_logits(attrs, spec.num_users, rng["items"], rng["users"])
   interactions, split = _sample_interactions(
       logits, spec.interactions_per_user, rng["sample"])
+  labels = None
+  if spec.impressions:
+    interactions, split, labels = _with_impressions(
+        logits, interactions, split, spec.impressions, rng["impressions"])
   return catalog_lib.Catalog(
       item_text=texts,
       item_images=images,
@@ -94,12 +108,13 @@ def generate(spec: SyntheticSpec) -> catalog_lib.Catalog:
       num_items=n,
       item_attrs=attrs,
       oracle_scores=logits,
+      labels=labels,
   ).validate()
 
 
 def _check_spec(spec):
   for field in ("num_items", "num_users", "image_size",
-                "interactions_per_user", "seed"):
+                "interactions_per_user", "seed", "impressions"):
     value = getattr(spec, field)
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
       raise MmjaxError(f"SyntheticSpec.{field} must be an int, got {value!r}")
@@ -115,6 +130,12 @@ def _check_spec(spec):
     raise MmjaxError(
         f"SyntheticSpec.interactions_per_user must be in [3, num_items // 2 = "
         f"{spec.num_items // 2}], got {spec.interactions_per_user}")
+  # Impressions avoid the user's interactions (at most half the catalog),
+  # and each user needs one train, valid and test impression.
+  if spec.impressions and not 3 <= spec.impressions <= spec.num_items // 2:
+    raise MmjaxError(
+        f"SyntheticSpec.impressions must be 0 or in [3, num_items // 2 = "
+        f"{spec.num_items // 2}], got {spec.impressions}")
 
 
 def _true_logits(attrs, num_users, item_rng, user_rng):
@@ -166,11 +187,41 @@ def _sample_interactions(logits, mean_count, rng):
   top = np.take_along_axis(top, np.argsort(keys, axis=1), axis=1)
 
   pos = np.broadcast_to(np.arange(kmax), top.shape)[valid]
-  count = np.repeat(counts, counts)
+  split = _split(pos, np.repeat(counts, counts))
+  users = np.repeat(np.arange(num_users), counts)
+  interactions = np.stack([users, top[valid]], axis=1).astype(np.int32)
+  return interactions, split
+
+
+def _split(pos, count):
+  """Split ids of the rows at positions `pos` of users with `count` rows:
+  last 10% test, the 10% before valid (at least one each), the rest train."""
   num_held = np.maximum(1, count // 10)
   split = np.full(pos.shape, catalog_lib.TRAIN, np.int8)
   split[pos >= count - 2 * num_held] = catalog_lib.VALID
   split[pos >= count - num_held] = catalog_lib.TEST
-  users = np.repeat(np.arange(num_users), counts)
-  interactions = np.stack([users, top[valid]], axis=1).astype(np.int32)
-  return interactions, split
+  return split
+
+
+def _with_impressions(logits, interactions, split, k, rng):
+  """The interactions (label 1) and k labelled impressions per user, rows
+  ordered by user, then split, interactions before impressions.
+
+  Returns (M', 2) int32 rows, (M',) int8 split ids, (M',) float32 labels.
+  """
+  num_users, n = logits.shape
+  shown_scores = logits / (2 * _TEMPERATURE) + rng.gumbel(size=logits.shape)
+  shown_scores[interactions[:, 0], interactions[:, 1]] = -np.inf
+  shown = np.argpartition(-shown_scores, k - 1, axis=1)[:, :k]
+  shown = np.take_along_axis(shown, np.argsort(rng.random(shown.shape), 1), 1)
+  threshold = np.percentile(logits, _CLICK_QUANTILE)
+  p_click = 1.0 / (1.0 + np.exp(threshold - np.take_along_axis(logits, shown, 1)))
+  clicked = rng.random(shown.shape) < p_click
+  users = np.repeat(np.arange(num_users), k)
+  rows = np.concatenate([interactions, np.stack([users, shown.ravel()], 1)])
+  splits = np.concatenate([
+      split, _split(np.tile(np.arange(k), num_users), np.full(users.shape, k))])
+  labels = np.concatenate([np.ones(len(interactions)), clicked.ravel()])
+  order = np.lexsort((splits, rows[:, 0]))   # Stable: by user, then split.
+  return (rows[order].astype(np.int32), splits[order],
+          labels[order].astype(np.float32))

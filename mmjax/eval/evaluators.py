@@ -8,6 +8,9 @@ folds into summary.json's nested shape with `nested`.
   retrieval       text <-> image retrieval of every item: "retrieval/t2i_r@1"
   reference       the popularity ranking and, where the catalog carries true
                   preference scores, the oracle's: "popularity/recall@20"
+  zero_shot       where config.eval.zero_shot.labels_file names the items'
+                  classes: zero-shot classification of their images
+                  (`zero_shot.ZeroShotEvaluator`): "zero_shot/top1"
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from mmjax.data.catalog import TEST, TRAIN, Catalog
 from mmjax.eval import recommendation
 from mmjax.eval.metrics import ranking_metrics, topk_from_scores
 from mmjax.eval.retrieval import text_image_retrieval
+from mmjax.eval import zero_shot
 
 KS = (10, 20, 50)                  # The end-to-end model's cutoffs.
 FEATURE_GRAPH_KS = (5, 10, 20, 50)  # MMRec's.
@@ -130,7 +134,8 @@ def from_config(config, data, mesh=None) -> dict:
   too where it has `oracle_scores`), ranking as config.train.eval_ranking
   says. Any other data (`MMRecData`: the feature graph, whose items are
   fixed features) gets "recommendation" alone, at MMRec's cutoffs, ranking
-  as config.train.eval_ranking says.
+  as config.train.eval_ranking says. "zero_shot" is added where the config
+  names a labels file (its labels are read here, so a bad file fails early).
   """
   if not isinstance(data, Catalog):
     return {"recommendation": RecommendationEvaluator(
@@ -140,4 +145,7 @@ def from_config(config, data, mesh=None) -> dict:
   if has_texts_and_images(data):
     out["retrieval"] = RetrievalEvaluator()
   out["reference"] = ReferenceEvaluator(data, KS)
+  zs = zero_shot.from_config(config, data)
+  if zs is not None:
+    out["zero_shot"] = zs
   return out

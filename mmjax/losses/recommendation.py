@@ -5,6 +5,9 @@ user's positive item, and the item ids (B,). The other rows' items serve as
 negatives, except copies of the user's own positive item (same id), which are
 never treated as negatives. `valid` (B,) bool marks real rows; padding rows
 contribute nothing, as anchors or as negatives.
+
+`pointwise` is the exception: one prediction per row against an explicit
+label (loss.pointwise), no in-batch negatives.
 """
 import jax
 import jax.numpy as jnp
@@ -101,3 +104,15 @@ def co_item_infonce(a, b, item_ids, co_item_ids, temperature, valid=None):
   allowed &= ~(off & (co_item_ids[:, None] == co_item_ids[None, :]))
   return 0.5 * (diag_softmax_xent(logits, allowed, ok)
                 + diag_softmax_xent(logits.T, allowed.T, ok))
+
+
+def pointwise(pred, labels, kind: str, valid=None):
+  """Mean over valid rows of BCE with logits (`kind` "binary": 0/1 labels)
+  or of the squared error ("rating") of the predictions (B,)."""
+  pred, labels = pred.astype(jnp.float32), labels.astype(jnp.float32)
+  if kind == "binary":
+    per_row = (-labels * jax.nn.log_sigmoid(pred)
+               - (1.0 - labels) * jax.nn.log_sigmoid(-pred))
+  else:
+    per_row = jnp.square(pred - labels)
+  return masked_mean(per_row, _valid_or_ones(pred.shape[0], valid))

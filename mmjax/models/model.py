@@ -8,8 +8,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from mmjax.data.catalog import TRAIN
 from mmjax.models import pretrained
 from mmjax.models.aligners import Projection, l2_normalize
 from mmjax.models.caption import CaptionDecoder
@@ -27,12 +29,22 @@ class DataShapes:
   image_size: int
   num_users: int
   num_items: int
+  # Labelled data (loss.pointwise): "binary" or "rating", and the train
+  # labels' mean (its logit for binary), where the head starts.
+  label_kind: str = ""
+  label_offset: float = 0.0
 
   @classmethod
   def of(cls, catalog, tokenizer, max_text_len: int) -> "DataShapes":
+    kind, offset = catalog.label_kind, 0.0
+    if kind:
+      offset = float(np.mean(catalog.labelled_rows(TRAIN)[1]))
+      if kind == "binary":
+        rate = min(max(offset, 1e-3), 1 - 1e-3)
+        offset = float(np.log(rate / (1 - rate)))
     return cls(vocab_size=tokenizer.vocab_size, max_text_len=max_text_len,
                image_size=catalog.image_size, num_users=catalog.num_users,
-               num_items=catalog.num_items)
+               num_items=catalog.num_items, label_kind=kind, label_offset=offset)
 
 
 class ContrastiveParams(nnx.Module):
@@ -100,7 +112,8 @@ class MultimodalRecommender(nnx.Module):
         num_users=shapes.num_users, num_items=shapes.num_items, dim=cfg.dim,
         item_id_embedding=cfg.rec.item_id_embedding,
         user_id_embedding=cfg.rec.user_id_embedding, history=cfg.rec.history,
-        item_bias=cfg.rec.item_bias, temperature=cfg.rec.temperature, rngs=rngs)
+        item_bias=cfg.rec.item_bias, temperature=cfg.rec.temperature, rngs=rngs,
+        label_kind=shapes.label_kind, label_offset=shapes.label_offset)
 
   def encode_items(self, tokens, mask, images, item_ids, *,
                    deterministic: bool = True, rngs: nnx.Rngs | None = None,

@@ -17,6 +17,28 @@ class ItemMemory(nnx.Variable):
   """Last computed vector of every item; state, not a trained parameter."""
 
 
+class PointwiseHead(nnx.Module):
+  """The explicit-label head of loss.pointwise on the scoring vectors:
+
+    prediction = bias + sum_k weight_k u'_k v'_k
+
+  a logit for 0/1 clicks (`kind` "binary"), a rating for "rating". With
+  weight = temperature it starts as cos(u, v) (+ the item bias, scaled) and
+  bias as the train labels' mean (or its logit), so the first steps fit the
+  spread, not the offset. The ranking scores never read it.
+  """
+
+  def __init__(self, dim: int, *, kind: str, offset: float, scale: float):
+    self.kind = kind
+    self.weight = nnx.Param(jnp.full((dim,), scale, jnp.float32))
+    self.bias = nnx.Param(jnp.asarray(offset, jnp.float32))
+
+  def __call__(self, u: jax.Array, v: jax.Array) -> jax.Array:
+    """Predictions (B,) of scoring-vector pairs u, v (B, d)."""
+    uv = u.astype(jnp.float32) * v.astype(jnp.float32)
+    return uv @ self.weight[...] + self.bias[...]
+
+
 class Recommender(nnx.Module):
   """Scores users against items.
 
@@ -36,7 +58,7 @@ class Recommender(nnx.Module):
   def __init__(self, *, num_users: int, num_items: int, dim: int,
                item_id_embedding: bool, user_id_embedding: bool,
                history: str, item_bias: bool, temperature: float,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, label_kind: str = "", label_offset: float = 0.0):
     self.item_id_embed = _embed(num_items, dim, rngs) if item_id_embedding else None
     self.user_embed = _embed(num_users, dim, rngs) if user_id_embedding else None
     self.item_bias = (nnx.Embed(num_items, 1, embedding_init=nnx.initializers.zeros,
@@ -51,6 +73,10 @@ class Recommender(nnx.Module):
     self.history_mlp = nnx.Sequential(
         nnx.Linear(dim, 2 * dim, rngs=rngs), nnx.gelu,
         nnx.Linear(2 * dim, dim, rngs=rngs))
+    # Only for labelled data (loss.pointwise): others keep their tree.
+    self.pointwise = PointwiseHead(
+        dim + int(item_bias), kind=label_kind, offset=label_offset,
+        scale=temperature) if label_kind else None
 
   def item_vectors(self, fused: jax.Array, item_ids: jax.Array) -> jax.Array:
     v = fused

@@ -85,11 +85,25 @@ def _metrics_section(summary: dict, peers: dict | None) -> str:
         [["text", _fmt(rep["text"]["effective_rank"]), str(rep.get("dim", "")),
           _fmt(rep["modality_gap"])],
          ["image", _fmt(rep["image"]["effective_rank"]), str(rep.get("dim", "")), ""]]))
+  if summary.get("zero_shot"):
+    out.append(_zero_shot_tables(summary["zero_shot"]))
   best = summary.get("best")
   if best:
     out.append(f'<p class="note">tested state: step {best["step"]}, the best valid '
                f'{html.escape(best["metric"])}</p>')
   return "\n".join(out)
+
+
+def _zero_shot_tables(zs: dict) -> str:
+  """Zero-shot classification (mmjax.eval.zero_shot): totals, then per class."""
+  keys = ["top1", "top5", "chance_top1", "chance_top5", "majority_top1"]
+  head = (f"<p>Zero-shot classification of {zs.get('num_images', '')} images "
+          f"among {zs.get('num_classes', '')} classes:</p>")
+  rows = [[html.escape(c), str(m["count"]), _fmt(m["top1"])]
+          for c, m in sorted(zs.get("per_class", {}).items(),
+                             key=lambda cm: -cm[1]["count"])]
+  return "\n".join([head, _table(keys, [[_fmt(zs.get(k)) for k in keys]]),
+                    _table(["class", "images", "top1"], rows)])
 
 
 def _served_section(summary: dict) -> str:
@@ -105,6 +119,22 @@ def _served_section(summary: dict) -> str:
                                        tests)]
   return ("<h2>Runs: best valid epoch and test recall@20 per seed</h2>\n"
           + _table(["seed", "best epoch", "test recall@20", ""], rows))
+
+
+def _search_section(summary: dict) -> str:
+  """A feature-graph search: every point's valid and test recall@20 and
+  best epoch; the chosen one marked."""
+  grid = summary.get("grid")
+  if not grid or "axes" not in grid:
+    return ""
+  metric = grid["selected_by"]
+  rows = [[html.escape(", ".join(f"{k}={v}" for k, v in r["point"].items())),
+           _fmt(r["valid"][metric]), _fmt(r["test"][metric]),
+           ", ".join(map(str, r["best_epochs"])),
+           "chosen" if r["point"] == grid["best"] else ""]
+          for r in grid["results"]]
+  return (f"<h2>Search ({html.escape(grid['axes'])}), picked on valid {metric}</h2>\n"
+          + _table(["point", f"valid {metric}", f"test {metric}", "best epoch", ""], rows))
 
 
 def _curves_section(workdir: str) -> str:
@@ -187,6 +217,7 @@ def build_report(model, out_path: str, *, peers: dict | None = None,
                                  else default_queries(model)),
               _alignment_section(model)]
   else:
+    parts.append(_search_section(model.summary))
     parts.append(_served_section(model.summary))
   parts.append("</body></html>")
   try:

@@ -51,11 +51,13 @@ def data_shapes(config) -> DataShapes:
   if d.name == "synthetic" and not d.dir:
     shapes = dict(num_items=d.synthetic.num_items, num_users=d.synthetic.num_users,
                   image_size=d.synthetic.image_size,
-                  vocab_size=store.SYNTHETIC_VOCAB)
+                  vocab_size=store.SYNTHETIC_VOCAB,
+                  label_kind="binary" if (config.loss.pointwise > 0
+                                          or d.synthetic.impressions) else "")
   elif d.dir:
     meta = store.read_meta(d.dir)
     shapes = dict(num_items=meta["num_items"], num_users=meta["num_users"],
-                  image_size=meta["image_size"],
+                  image_size=meta["image_size"], label_kind=meta.get("label_kind", ""),
                   vocab_size=TextTokenizer(store.tokenizer_path(d.dir),
                                            d.max_text_len).vocab_size)
   else:
@@ -85,8 +87,10 @@ def batch_shapes(config, shapes: DataShapes) -> dict:
   if config.loss.co_item > 0:
     out.update(co_item_id=((b,), jnp.int32), co_tokens=((b, length), jnp.int32),
                co_mask=((b, length), jnp.int32), co_image=image)
-  if config.data.item_ssl_fraction > 0:
+  if config.data.item_ssl_fraction > 0 or config.loss.pointwise > 0:
     out["is_interaction"] = ((b,), jnp.bool_)
+  if config.loss.pointwise > 0:
+    out.update(label=((b,), jnp.float32), is_labelled=((b,), jnp.bool_))
   return out
 
 

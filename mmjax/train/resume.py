@@ -46,6 +46,8 @@ def catalog_fingerprint(catalog) -> str:
   h.update(f"{catalog.num_users} {catalog.num_items}".encode())
   for a in (catalog.interactions, catalog.split, catalog.item_images):
     h.update(np.ascontiguousarray(a).tobytes())
+  if catalog.labels is not None:   # Unlabelled catalogs keep their digest.
+    h.update(catalog.labels.tobytes())
   h.update("\0".join(catalog.item_text).encode())
   return h.hexdigest()
 

@@ -20,7 +20,8 @@ from mmjax.losses.caption import caption_mean, caption_sums
 from mmjax.losses.contrastive import infonce, siglip
 from mmjax.losses.mlm import masked_lm_mean, masked_lm_sums
 from mmjax.losses.sharded_contrastive import ring_infonce, ring_siglip
-from mmjax.losses.recommendation import bce, bpr, co_item_infonce, sampled_softmax_logq
+from mmjax.losses.recommendation import (bce, bpr, co_item_infonce, pointwise,
+                                        sampled_softmax_logq)
 from mmjax.models.aligners import l2_normalize
 from mmjax.train import accumulate, guard
 from mmjax import mesh as mesh_lib
@@ -35,6 +36,9 @@ TERMS = CONTRASTIVE_TERMS + REC_TERMS
 # the projections before L2 normalization.
 RAW_ALIGN_TERMS = ("linear_align", "decorrelation")
 SELF_SUPERVISED_TERMS = ("caption",) + RAW_ALIGN_TERMS
+# Off by default too: explicit labels (loss.pointwise), on the user vectors,
+# waiting for the pretrain phase like the REC_TERMS.
+LABEL_TERMS = ("pointwise",)
 
 
 def loss_terms(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg,
@@ -69,7 +73,7 @@ def encode_batch(model, batch: dict, rngs: nnx.Rngs | None, loss_cfg) -> dict:
                               batch["mlm_positions"], deterministic=not train,
                               rngs=rngs)
     out["mlm_nll"], out["mlm_correct"] = masked_lm_sums(logits, batch["mlm_labels"])
-  if any(loss_cfg[t] for t in USER_TERMS):
+  if any(loss_cfg[t] for t in USER_TERMS + LABEL_TERMS):
     out["user"] = model.encode_users(batch["user_id"], batch["history"])
   if loss_cfg.co_item:
     out["co_content"] = model.encode_content(
@@ -123,7 +127,7 @@ def batch_terms(model, out: dict, batch: dict, loss_cfg, *, train: bool,
     terms["co_item"] = co_item_infonce(
         l2_normalize(out["content"]), l2_normalize(out["co_content"]), ids,
         batch["co_item_id"], loss_cfg.co_item_temperature, valid=rec_rows)
-  if any(loss_cfg[t] for t in USER_TERMS):
+  if any(loss_cfg[t] for t in USER_TERMS + LABEL_TERMS):
     u = out["user"]
     if train:   # Every row's item vector is a fresh memory entry, users or not.
       extras["item_memory"] = model.rec.refreshed_memory(ids, out["item"])
@@ -135,7 +139,19 @@ def batch_terms(model, out: dict, batch: dict, loss_cfg, *, train: bool,
       terms["bpr"] = bpr(u, v, ids, valid=rec_rows)
     if loss_cfg.bce:
       terms["bce"] = bce(u, v, ids, valid=rec_rows)
+    if loss_cfg.pointwise:
+      terms["pointwise"] = _pointwise(model, u, v, batch, loss_cfg)
   return terms, extras
+
+
+def _pointwise(model, u, v, batch: dict, loss_cfg) -> jax.Array:
+  """loss.pointwise on the labelled rows (impressions in, item-only rows out)."""
+  head = model.rec.pointwise
+  if head is None or "label" not in batch:
+    raise MmjaxError(f"config.loss.pointwise={loss_cfg.pointwise} needs labelled "
+                     "data: a label column (data.raw.columns.label) or the "
+                     "synthetic catalog's impressions (data.synthetic.impressions)")
+  return pointwise(head(u, v), batch["label"], head.kind, valid=batch["is_labelled"])
 
 
 def weighted_total(terms: dict, loss_cfg, step) -> jax.Array:
@@ -143,7 +159,7 @@ def weighted_total(terms: dict, loss_cfg, step) -> jax.Array:
   joint = (step >= loss_cfg.pretrain_steps).astype(jnp.float32)
   total = jnp.zeros((), jnp.float32)
   for name, value in terms.items():
-    w = loss_cfg[name] * (joint if name in REC_TERMS else 1.0)
+    w = loss_cfg[name] * (joint if name in REC_TERMS + LABEL_TERMS else 1.0)
     total = total + w * value.astype(jnp.float32)
   return total
 

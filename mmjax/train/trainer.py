@@ -55,7 +55,7 @@ def setup(config, workdir: str, log=print, *,
   """
   started = time.time()
   pretrained.check_folders(config.model)   # Before any data work.
-  data_dir = resolve_data_dir(config.data, log)
+  data_dir = resolve_data_dir(config.data, log, labelled=config.loss.pointwise > 0)
   catalog = store.load_catalog(data_dir)
   if check_catalog is not None:
     check_catalog(catalog)
@@ -111,7 +111,8 @@ def _dataset(s: Setup):
   return train_dataset(
       s.data_dir, s.catalog, c.data, batch_size=c.train.batch_size, seed=c.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      tokenizer=s.tokenizer, co_items=c.loss.co_item > 0)
+      tokenizer=s.tokenizer, co_items=c.loss.co_item > 0,
+      labels=c.loss.pointwise > 0)
 
 
 def _report_compiled(compiled, log) -> float:
