@@ -29,6 +29,7 @@ def config(data_dir, names, **train):
   c.data.inter_file = "toy.inter"
   c.data.feature_files = ",".join(names)
   c.seeds = (0, 1)
+  c.grid.axes = ""   # One program.
   c.model.dim = 8
   c.train.batch_size = 64
   c.train.lr = 0.002   # Slow enough to stop early after several epochs.
@@ -137,7 +138,8 @@ def _launch(workdir, root, names, *extra):
        "--config.data.inter_file=toy.inter",
        f"--config.data.feature_files={','.join(names)}", "--config.model.dim=8",
        "--config.train.batch_size=64", "--config.feature_graph.negatives=8",
-       "--config.feature_graph.knn_k=3", *extra],
+       "--config.feature_graph.knn_k=3", "--config.grid.axes=", "--config.seeds=",
+       *extra],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

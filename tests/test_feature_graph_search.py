@@ -82,3 +82,14 @@ def test_a_rerun_trains_no_search_program_again(searched):
           for i in range(2)] == stamps
   assert again["grid"]["results"] == s["grid"]["results"]
   assert again["test"] == s["test"]
+
+
+def test_the_search_serves_and_reports_its_points(searched, tmp_path):
+  import mmjax
+  from mmjax.report.html import build_report
+  _, _, workdir, s, _ = searched
+  model = mmjax.load(workdir)   # The rerun's best state.
+  assert model.summary["served_run"]["seed"] in (0, 1)
+  assert len(model.recommend(user=0, k=3)) == 3
+  page = open(build_report(model, str(tmp_path / "report.html"))).read()
+  assert "Search (" in page and page.count("chosen") == 1

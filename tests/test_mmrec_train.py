@@ -39,6 +39,7 @@ def tiny_config(data_dir, feature_files):
   c.train.batch_size = 64
   c.train.lr = 0.05
   c.feature_graph.update(negatives=8, knn_k=3, epochs=4)
+  c.grid.axes, c.seeds = "", ()   # One program, one run.
   return c
 
 
@@ -188,6 +189,10 @@ def test_launch_writes_the_summary_contract(toy, tmp_path):
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert "valid_recall@20" in rows[0] and os.listdir(workdir / "tensorboard")
   assert "results (test at the best valid epoch" in out.stdout
+  # configs/mmrec.py's own search ran, and its chosen point is the result.
+  assert len(s["grid"]["results"]) == 3 and s["grid"]["programs"] == 1
+  assert s["config"]["model"]["rec"]["temperature"] == (
+      s["grid"]["best"]["model.rec.temperature"])
 
 
 @pytest.mark.slow
@@ -198,6 +203,7 @@ def test_dbbook_smoke(tmp_path):
   c.data.dir = DBBOOK
   c.data.feature_files = ""            # IDs only: no encoder run needed.
   c.seeds = ()                         # One run, one epoch: a smoke test.
+  c.grid.axes = ""
   c.model.dim = 16
   c.train.batch_size = 32768
   c.feature_graph.update(epochs=1, negatives=64, layers=1)
