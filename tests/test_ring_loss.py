@@ -74,4 +74,6 @@ def test_eight_devices_ring_equals_dense(data_dir):
   assert {"infonce", "siglip"} <= set(r["terms"])
   assert r["loss"]["infonce"] <= 1e-5 and r["loss"]["siglip"] <= 1e-5, r
   assert r["step_ring"] <= 1e-5, r
-  assert r["step_ring_accum"] <= 1e-5, r
+  # Accumulation sums two half-batch gradients: float32 rounding in another
+  # order, on values up to the loss's size; a wrong ring or split is far off.
+  assert r["step_ring_accum"] <= 3e-5, r
