@@ -10,9 +10,8 @@ import pytest
 from flax import nnx
 
 from mmjax.models.model import build_model
-from mmjax.train.step import (SELF_SUPERVISED_TERMS, TERMS, make_loss_fn,
-                              make_value_and_grad)
-from tiny import compiled_step, shapes_and_batch, tiny_config
+from mmjax.train.step import SELF_SUPERVISED_TERMS, TERMS, make_value_and_grad
+from tiny import compiled_step, loss_grads, shapes_and_batch, tiny_config
 
 # Trained alone, with the guard linear_align needs (tests/test_alignment_collapse.py).
 ALONE = {"caption": dict(caption=1.0),
@@ -62,11 +61,7 @@ def test_the_term_alone_decreases_and_is_logged(setup, term):
 
 
 def _grads(cfg, split, batch, **weights):
-  graphdef, params, buffers = split
-  loss_fn = make_loss_fn(graphdef, _loss_cfg(cfg, **weights).loss)
-  grads, _ = jax.jit(jax.grad(loss_fn, has_aux=True))(
-      params, buffers, batch, None, jnp.int32(0))
-  return {path: np.asarray(g[...]) for path, g in nnx.to_flat_state(grads)}
+  return loss_grads(_loss_cfg(cfg, **weights).loss, split, batch)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import dataclasses
 import itertools
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,9 +21,9 @@ from mmjax.errors import MmjaxError
 from mmjax.eval.pointwise import auc, label_metrics, log_loss, rmse
 from mmjax.losses.recommendation import pointwise
 from mmjax.models.model import build_model
-from mmjax.train.step import LABEL_TERMS, SELF_SUPERVISED_TERMS, TERMS, make_loss_fn
+from mmjax.train.step import LABEL_TERMS, SELF_SUPERVISED_TERMS, TERMS
 from raw_fixtures import png, write_lines
-from tiny import compiled_step, shapes_and_batch, tiny_config
+from tiny import compiled_step, loss_grads, shapes_and_batch, tiny_config
 
 HEAD = ("rec", "pointwise")
 
@@ -154,11 +153,7 @@ def test_the_term_alone_decreases(setup):
 
 
 def _grads(cfg, split, batch, **weights):
-  graphdef, params, buffers = split
-  loss_fn = make_loss_fn(graphdef, _loss_cfg(cfg, **weights).loss)
-  grads, _ = jax.jit(jax.grad(loss_fn, has_aux=True))(
-      params, buffers, batch, None, jnp.int32(0))
-  return {path: np.asarray(g[...]) for path, g in nnx.to_flat_state(grads)}
+  return loss_grads(_loss_cfg(cfg, **weights).loss, split, batch)
 
 
 def test_only_the_term_reaches_the_head(setup):

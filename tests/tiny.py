@@ -69,3 +69,18 @@ def compiled_step(cfg, split, batch):
   sh = state_shardings(state, mesh)
   step = make_train_step(graphdef, tx, cfg.loss, mesh, sh, learning_rate(cfg.train))
   return graphdef, step, jax.device_put(state, sh), mesh_lib.global_batch(batch, mesh)
+
+
+def loss_grads(loss_cfg, split, batch):
+  """{parameter path: its gradient} of the loss that `loss_cfg` weighs, at
+  the initial model `split` (graphdef, params, buffers), one batch."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from mmjax.train.step import make_loss_fn
+  graphdef, params, buffers = split
+  loss_fn = make_loss_fn(graphdef, loss_cfg)
+  grads, _ = jax.jit(jax.grad(loss_fn, has_aux=True))(
+      params, buffers, batch, None, jnp.int32(0))
+  return {path: np.asarray(g[...]) for path, g in nnx.to_flat_state(grads)}
