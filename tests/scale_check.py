@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
 from mmjax.losses import contrastive, sharded_contrastive  # noqa: E402
-from scale_setup import grads, max_diff, setup, train_steps  # noqa: E402
+from scale_setup import grads, max_diff, max_rel_diff, setup, train_steps  # noqa: E402
 from tiny import tiny_config  # noqa: E402
 
 FSDP = ((r"(kernel|embedding)$", ("data", None)),)
@@ -75,7 +75,7 @@ def fsdp(data_dir) -> dict:
       lr=cfg.train.lr, kernel_spec=str(kernel.sharding.spec), mu_spec=str(mu.sharding.spec),
       kernel_shards=len(kernel.addressable_shards[0].data),
       loss=max_diff([m["loss"] for m in rep_metrics], [m["loss"] for m in metrics]),
-      metrics=max_diff(rep_metrics, metrics),
+      metrics=max_rel_diff(rep_metrics, metrics),
       params=max_diff(rep_state["params"], state["params"]),
       opt_state=max_diff(rep_state["opt_state"], state["opt_state"]))
 

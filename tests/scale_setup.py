@@ -98,3 +98,11 @@ def _cached_grads(data_dir: str):
 def max_diff(a, b) -> float:
   return max(float(np.max(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32))))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def max_rel_diff(a, b) -> float:
+  """Largest |a - b| / max(1, |a|): float reductions in another order move a large value
+  (a gradient norm in the tens) by a few ulps, which an absolute bound would count as a change."""
+  return max(float(np.max(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32))
+                          / np.maximum(1.0, np.abs(np.asarray(x, np.float32)))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

@@ -64,6 +64,7 @@ def test_fsdp_on_eight_devices_equals_replicated(data_dir):
   # Sharded over data, and Adam's moments follow their parameter.
   assert r["kernel_spec"] == r["mu_spec"] == "P('data', None)", r
   assert r["kernel_shards"] == 2, r   # 16 rows over 8 devices.
+  # Metrics are compared relative to their size (at least 1): the gradient norm is large.
   assert r["loss"] <= 1e-5 and r["metrics"] <= 1e-5, r
   assert r["opt_state"] <= 1e-5, r
   # Adam divides by sqrt(v): for a gradient near eps, float-reduction noise in it moves the
