@@ -209,6 +209,15 @@ def test_validate_names_field(field, mutate):
     cat.validate()
 
 
+def test_the_same_texts_train_the_same_tokenizer():
+  # Many tied merge counts: the library's trainer alone gives a new vocabulary nearly every time.
+  rng = np.random.default_rng(0)
+  words = ("shirt red blue cotton dress linen wool jacket soft warm summer winter light dark "
+           "green striped casual formal").split()
+  texts = [" ".join(rng.choice(words, 8)) for _ in range(500)]
+  assert len({text.train_wordpiece(texts, 96).to_str() for _ in range(4)}) == 1
+
+
 def test_tokenizer(small, tmp_path):
   tok = text.train_wordpiece(small.item_text, vocab_size=1024)
   assert tok.token_to_id("[PAD]") == 0

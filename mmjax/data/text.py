@@ -114,18 +114,31 @@ def _pick(options, rng):
 def train_wordpiece(
     texts: Iterable[str], vocab_size: int = 1024
 ) -> tokenizers.Tokenizer:
-  """Trains a BERT-style WordPiece tokenizer offline on `texts`.
+  """Trains a BERT-style WordPiece tokenizer offline on `texts`; the same texts always give
+  the same tokenizer.
 
   [PAD] gets id 0; encodings are wrapped as "[CLS] $A [SEP]".
   """
-  tok = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
-  tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  tok.decoder = decoders.WordPiece()
+  texts = list(texts)
+  normalizer = normalizers.BertNormalizer(lowercase=True)
+  pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  # The library's trainer numbers "##c" pieces in hash-map order, and merge ties are broken by
+  # id, so the vocabulary would change from run to run (huggingface/tokenizers#1794). Seeding
+  # them in sorted order fixes every id; they are reserved only while training.
+  inner = sorted({c for t in texts
+                  for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))
+                  for c in word[1:]})
   trainer = trainers.WordPieceTrainer(
-      vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+      vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS) + ["##" + c for c in inner],
       show_progress=False)
-  tok.train_from_iterator(texts, trainer=trainer)
+  trained = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+  trained.normalizer, trained.pre_tokenizer = normalizer, pre_tokenizer
+  trained.train_from_iterator(texts, trainer=trainer)
+  tok = tokenizers.Tokenizer(models.WordPiece(
+      trained.get_vocab(with_added_tokens=False), unk_token="[UNK]"))
+  tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+  tok.decoder = decoders.WordPiece()
+  tok.add_special_tokens(list(SPECIAL_TOKENS))
   cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
   tok.post_processor = processors.TemplateProcessing(
       single="[CLS] $A [SEP]",
