@@ -145,12 +145,15 @@ def _rewrite_postprocess(workdir, **changes):
 def test_load_applies_the_user_refit_to_its_step_only(trained_workdir, tmp_path):
   copy = tmp_path / "run"
   shutil.copytree(trained_workdir, copy)
-  post = _rewrite_postprocess(copy, user_refit=dict(chosen=1.0, label="refit:1"),
-                              step=5)   # The checkpoint is not the step it names.
+  # The tower's vectors at the post-processed step (its item-ID table choice applied).
+  _rewrite_postprocess(copy, user_refit=dict(chosen=None, label="tower"))
   tower_u, tower_v = mmjax.load(copy).scoring_vectors
   histories = pad_lists(mmjax.load(copy).catalog.user_histories(TRAIN))
   users, items = user_refit.refit(tower_u, tower_v, histories, 1.0, steps=10)
   user_refit.save(str(copy), users, items, 1.0)
+  post = _rewrite_postprocess(copy, user_refit=dict(chosen=1.0, label="refit:1"),
+                              step=5)   # The checkpoint is not the step it names.
+  assert mmjax.load(copy).scoring_vectors[0].shape == tower_u.shape   # No refit there.
   _rewrite_postprocess(copy, step=4)
   got_u, got_v = mmjax.load(copy).scoring_vectors
   np.testing.assert_array_equal(got_u, users)
