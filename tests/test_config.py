@@ -14,7 +14,7 @@ from mmjax.config.schema import GRID_KEYS, KEYS, RENAMED
 from mmjax.errors import MmjaxError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = ("base", "clothing", "dbbook", "demo", "large", "mmrec", "tiny")
+SHIPPED = ("base", "clothing", "dbbook", "dbbook_e2e", "demo", "large", "mmrec", "tiny")
 # What the feature-graph configs need from the command line.
 MMREC_ARGS = {"data.dir": "/data/dbbook", "data.inter_file": "dbbook.inter"}
 
@@ -395,7 +395,7 @@ def test_an_existing_file_wins_and_a_missing_one_lists_the_shipped(tmp_path):
   assert config_lib.resolve(path) == (path, None)
   assert config_lib.shipped_configs() == list(SHIPPED)
   with pytest.raises(MmjaxError, match="config file not found: nope .shipped "
-                     "configs: base, clothing, dbbook, demo, large, mmrec, tiny"):
+                     "configs: base, clothing, dbbook, dbbook_e2e, demo, large, mmrec, tiny"):
     config_lib.resolve("nope")
   with pytest.raises(MmjaxError, match="config file not found"):
     config_lib.resolve(str(tmp_path / "elsewhere" / "demo.py"))

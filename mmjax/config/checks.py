@@ -189,9 +189,17 @@ def _check_feature_graph(config) -> None:
       except MmjaxError as e:
         raise MmjaxError(f"config.grid.axes: {e}") from None
   files = [f for f in config.data.feature_files.split(",") if f.strip()]
-  if config.feature_graph.fusion == "mlp" and len(files) != 2:
-    raise MmjaxError("config.feature_graph.fusion='mlp' needs exactly two "
-                     f"config.data.feature_files, got {len(files)}")
+  f = config.feature_graph
+  modalities = len(files) + bool(f.text_tower)
+  if f.fusion == "mlp" and modalities != 2:
+    raise MmjaxError("config.feature_graph.fusion='mlp' needs exactly two modalities "
+                     f"(feature files and the text tower), got {modalities}")
+  if f.text_tower:
+    if not os.path.isdir(f.text_tower):
+      raise MmjaxError(f"config.feature_graph.text_tower: folder not found: {f.text_tower}")
+    if not f.text_file:
+      raise MmjaxError("config.feature_graph.text_tower needs "
+                       "config.feature_graph.text_file (the items' texts)")
 
 
 def _check_pretrained(config) -> None:

@@ -18,7 +18,8 @@ from mmjax.errors import MmjaxError
 VMAPPED = GRID_KEYS
 STATIC = ("feature_graph.layers", "feature_graph.item_layers", "feature_graph.knn_k",
           "feature_graph.negatives", "feature_graph.init_std", "feature_graph.encoder",
-          "feature_graph.fusion", "train.batch_size", "model.dim")
+          "feature_graph.fusion", "feature_graph.tower_blocks",
+          "feature_graph.tower_items", "train.batch_size", "model.dim")
 
 Axes = list[tuple[str, tuple]]
 

@@ -26,7 +26,7 @@ PATH_NAMES = {SYNTHETIC: "the end-to-end model on the embedded catalog",
 # program: they are traced per run, so one compile trains every value.
 GRID_KEYS = ("train.lr", "train.weight_decay", "model.rec.temperature",
              "loss.softmax", "loss.bpr", "loss.infonce",
-             "feature_graph.content_weight")
+             "feature_graph.content_weight", "feature_graph.tower_lr")
 
 # What a resumed run must share with its checkpoint's run, unless
 # `train.allow_resume_change` names it ("data": the catalog).
@@ -392,6 +392,25 @@ KEYS: tuple[Key, ...] = (
       "device.", bounds=_POS, paths=FEATURE_GRAPH),
     K("feature_graph.epochs", 1000, "At most this many epochs.", bounds=_POS,
       paths=FEATURE_GRAPH),
+    K("feature_graph.text_tower", "", "An HF BERT-family folder (e.g. "
+      "all-MiniLM-L6-v2): a text tower over the items' texts, one more "
+      "modality whose last tower_blocks blocks train with the recommender "
+      "(mmjax/models/text_tower.py); \"\": none.", paths=FEATURE_GRAPH),
+    K("feature_graph.text_file", "", "The items table with the texts, in "
+      "data.dir (.tsv or .csv; MMRec itemIDs 0..N-1).", paths=FEATURE_GRAPH),
+    K("feature_graph.text_id_column", "itemID", "Its item-id column.",
+      paths=FEATURE_GRAPH),
+    K("feature_graph.text_column", "title", "Its text column.", paths=FEATURE_GRAPH),
+    K("feature_graph.max_text_len", 64, "Tokens per text; longer ones are cut.",
+      bounds=_POS, paths=FEATURE_GRAPH),
+    K("feature_graph.tower_blocks", 1, "The tower's last blocks that train; the "
+      "rest stay frozen and run once, before training.", bounds=_POS,
+      paths=FEATURE_GRAPH),
+    K("feature_graph.tower_items", 256, "Items the tower encodes per step (of "
+      "the uniformly drawn negatives); the others are its memory of their "
+      "latest vectors.", bounds=_POS, paths=FEATURE_GRAPH),
+    K("feature_graph.tower_lr", 1e-4, "Learning rate of the tower's blocks "
+      "(train.lr: the rest).", bounds=_NONNEG, paths=FEATURE_GRAPH),
     K("grid.axes", "", "A search: \"KEY=V1,V2; KEY2=...\", the cartesian "
       "product of the axes, each point trained with seed and the same early "
       "stopping; the point with the best valid train.early_stop.metric is rerun "

@@ -17,6 +17,11 @@ Then
 Scores are cosines (divided by a temperature in the loss). The modality
 vectors are also aligned contrastively with the item-ID embeddings (and with
 each other) by the trainer, with `losses.contrastive.infonce`.
+
+A text tower (`text_tower.TextTower`: the last blocks of a pretrained text
+encoder over the items' texts, trained by the same step) is one more
+modality, after the feature files: its pooled vectors go through an encoder
+like theirs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from flax import nnx
 from mmjax.models import graph as graph_lib
 from mmjax.models.aligners import Projection
 from mmjax.models.fusion import MLPFusion
+from mmjax.models.text_tower import TextTower
 
 ENCODERS = ("identity", "linear", "mlp")
 FUSIONS = ("mean", "mlp")
@@ -61,9 +67,14 @@ class FeatureGraphRecommender(nnx.Module):
 
   def __init__(self, *, num_users: int, num_items: int, feature_dims: tuple,
                dim: int, encoder: str, fusion: str, init_std: float,
-               rngs: nnx.Rngs):
+               tower: dict | None = None, rngs: nnx.Rngs):
+    """`tower`: TextTower's `blocks` and `layer` arguments, or None."""
     if fusion not in FUSIONS:
       raise ValueError(f"fusion {fusion!r}: choose one of {FUSIONS}")
+    self.text_tower = (TextTower(num_items=num_items, **tower, rngs=rngs)
+                       if tower else None)
+    if tower:
+      feature_dims = tuple(feature_dims) + (tower["layer"]["hidden"],)
     if fusion == "mlp" and len(feature_dims) != 2:
       raise ValueError("fusion 'mlp' needs exactly two modalities")
     init = nnx.initializers.normal(init_std)
@@ -77,7 +88,13 @@ class FeatureGraphRecommender(nnx.Module):
     # CLIP's learnable inverse temperature for the alignment loss.
     self.align_log_scale = nnx.Param(jnp.asarray(math.log(10.0), jnp.float32))
 
-  def modality_vectors(self, features: tuple) -> list[jax.Array]:
+  def modality_vectors(self, features: tuple, tower_vectors=None) -> list[jax.Array]:
+    """Each modality's (N, dim) vectors. `tower_vectors` (N, H): the text
+    tower's pooled vectors of every item (default: its memory)."""
+    if self.text_tower is not None:
+      if tower_vectors is None:
+        tower_vectors, _ = self.text_tower(None, None)
+      features = tuple(features) + (tower_vectors,)
     return [enc(f) for enc, f in zip(self.encoders, features)]
 
   def content(self, zs: list[jax.Array]) -> jax.Array | None:
@@ -89,9 +106,9 @@ class FeatureGraphRecommender(nnx.Module):
 
   def __call__(self, features: tuple, ui_graph: graph_lib.Edges | None,
                item_graph: graph_lib.Edges | None, *, layers: int,
-               item_layers: int, content_weight):
+               item_layers: int, content_weight, tower_vectors=None):
     """(users (U, dim), items (N, dim), modality vectors [(N, dim)])."""
-    zs = self.modality_vectors(features)
+    zs = self.modality_vectors(features, tower_vectors)
     items0 = self.item_embed.embedding[...]
     content = self.content(zs)
     if content is not None:

@@ -26,6 +26,7 @@ from mmjax.losses.contrastive import infonce, masked_mean
 from mmjax.models import graph as graph_lib
 from mmjax.models.aligners import l2_normalize
 from mmjax.models.feature_graph import FeatureGraphRecommender
+from mmjax.models.text_tower import TowerInputs
 
 # Config key -> name of a per-run (vmappable) hyper-parameter.
 HPARAMS = {
@@ -36,6 +37,7 @@ HPARAMS = {
     "loss.bpr": "bpr",
     "loss.infonce": "align",
     "feature_graph.content_weight": "content_weight",
+    "feature_graph.tower_lr": "tower_lr",
 }
 
 
@@ -53,6 +55,7 @@ class Constants:
   item_graph: graph_lib.Edges | None
   train_pairs: jax.Array      # (M, 2) int32.
   eval_users: jax.Array       # (E,) users ranked at evaluation.
+  tower: TowerInputs | None = None   # The text tower's frozen token states.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Shape:
   negatives: int
   layers: int
   item_layers: int
+  tower_items: int = 0    # Items the text tower encodes per step (0: no tower).
 
   @property
   def num_batches(self) -> int:
@@ -72,11 +76,17 @@ class Shape:
 
 
 def build_model(fcfg, dim: int, num_users: int, num_items: int, feature_dims,
-                key) -> FeatureGraphRecommender:
-  return FeatureGraphRecommender(
+                key, tower=None) -> FeatureGraphRecommender:
+  """`tower`: a `text_tower.Prepared` (its pretrained weights and memory are
+  loaded), or None."""
+  model = FeatureGraphRecommender(
       num_users=num_users, num_items=num_items, feature_dims=tuple(feature_dims),
       dim=dim, encoder=fcfg.encoder, fusion=fcfg.fusion, init_std=fcfg.init_std,
+      tower=dict(blocks=tower.blocks, layer=tower.layer) if tower else None,
       rngs=nnx.Rngs(key))
+  if tower is not None:
+    nnx.update(model.text_tower, jax.tree.map(jnp.asarray, tower.state))
+  return model
 
 
 def _loss(model, c: Constants, hp, s: Shape, pairs, valid, neg):
@@ -88,9 +98,14 @@ def _loss(model, c: Constants, hp, s: Shape, pairs, valid, neg):
   batches stay cheap. log(N / S) makes the S-sample sum an estimate of the
   sum over all N items (uniform proposal).
   """
+  tower_vectors = fresh = None
+  if model.text_tower is not None:
+    # The uniformly drawn items: the alignment below sees the same rows fresh.
+    tower_vectors, fresh = model.text_tower(c.tower, neg[:s.tower_items])
   users, items, zs = model(c.features, c.ui_graph, c.item_graph, layers=s.layers,
                            item_layers=s.item_layers,
-                           content_weight=hp["content_weight"])
+                           content_weight=hp["content_weight"],
+                           tower_vectors=tower_vectors)
   uid, iid = pairs[:, 0], pairs[:, 1]
   t = hp["temperature"]
   users = l2_normalize(users)
@@ -108,11 +123,11 @@ def _loss(model, c: Constants, hp, s: Shape, pairs, valid, neg):
   for z in zs:
     align += infonce(l2_normalize(z[neg]), ids, model.align_log_scale[...], ids=neg)
   total = hp["softmax"] * softmax + hp["bpr"] * bpr + hp["align"] * align
-  return total, dict(loss=total, softmax=softmax, bpr=bpr, align=align)
+  return total, (dict(loss=total, softmax=softmax, bpr=bpr, align=align), fresh)
 
 
-def _init(graphdef_holder, fcfg, dim, s: Shape, feature_dims, key):
-  model = build_model(fcfg, dim, s.num_users, s.num_items, feature_dims, key)
+def _init(graphdef_holder, fcfg, dim, s: Shape, feature_dims, tower, key):
+  model = build_model(fcfg, dim, s.num_users, s.num_items, feature_dims, key, tower)
   graphdef, params = nnx.split(model)
   graphdef_holder.append(graphdef)
   # Raw key data, not a typed key: the state is checkpointed as plain arrays.
@@ -149,11 +164,19 @@ def _epoch(graphdef, s: Shape, c: Constants, state, hp):
     neg = jax.random.randint(key, (s.negatives,), 0, s.num_items)
     grad_fn = jax.grad(lambda p: _loss(nnx.merge(graphdef, p), c, hp, s, pairs,
                                        valid, neg), has_aux=True)
-    grads, metrics = grad_fn(params)
+    grads, (metrics, fresh) = grad_fn(params)
     updates, opt = adam.update(grads, opt, params)
-    # AdamW with a traced (per-run) learning rate and decay.
-    params = jax.tree.map(
-        lambda p, u: p - hp["lr"] * (u + hp["weight_decay"] * p), params, updates)
+    rows = neg[:s.tower_items]
+
+    # AdamW with a traced (per-run) learning rate and decay; the pretrained
+    # tower's own rate. The tower's memory takes the rows encoded this step.
+    def update(path, p, u):
+      name = jax.tree_util.keystr(path)
+      if "'text_tower'" in name and "'memory'" in name:
+        return p.at[rows].set(jax.lax.stop_gradient(fresh))
+      lr = hp["tower_lr"] if "'text_tower'" in name else hp["lr"]
+      return p - lr * (u + hp["weight_decay"] * p)
+    params = jax.tree_util.tree_map_with_path(update, params, updates)
     return (params, opt), metrics
 
   (params, opt), metrics = jax.lax.scan(step, (state["params"], state["opt"]),
@@ -192,10 +215,11 @@ def cpu_compiler_options() -> dict | None:
 class Programs:
   """init / epoch / evaluation embeddings for R runs, each one jitted program."""
 
-  def __init__(self, fcfg, dim: int, shape: Shape, feature_dims, mesh):
+  def __init__(self, fcfg, dim: int, shape: Shape, feature_dims, mesh, tower=None):
     opts = cpu_compiler_options()
     holder = []
-    init_one = functools.partial(_init, holder, fcfg, dim, shape, tuple(feature_dims))
+    init_one = functools.partial(_init, holder, fcfg, dim, shape, tuple(feature_dims),
+                                 tower)
     # Run states are replicated; init and epoch agree on it, so the epoch
     # program compiles once.
     rep = NamedSharding(mesh, P())

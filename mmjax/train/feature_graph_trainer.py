@@ -34,8 +34,10 @@ from mmjax import mesh as mesh_lib
 from mmjax.config import grid as grid_lib
 from mmjax.data import mmrec
 from mmjax.data.catalog import TEST, TRAIN, VALID
+from mmjax.data.items_table import read_items
 from mmjax.errors import MmjaxError
 from mmjax.models import graph as graph_lib
+from mmjax.models import text_tower
 from mmjax.train import feature_graph_step as fs
 from mmjax.train import loop
 from mmjax.train.cost import step_flops
@@ -49,6 +51,20 @@ def load_data(config) -> mmrec.MMRecData:
     raise MmjaxError(f"config.data.dir: data dir not found: {d.dir}")
   return mmrec.load(d.dir, d.inter_file, mmrec.feature_file_list(d.feature_files),
                     d.feature_dir)
+
+
+def load_tower(config, data: mmrec.MMRecData) -> text_tower.Prepared | None:
+  """The text tower over `feature_graph.text_file`'s texts, or None."""
+  f = config.feature_graph
+  if not f.text_tower:
+    return None
+  path = os.path.join(config.data.dir, f.text_file)
+  texts = read_items(path, f.text_id_column, [f.text_column])[f.text_column]
+  if len(texts) != data.num_items:
+    raise MmjaxError(f"config.feature_graph.text_file: {path} has {len(texts)} items, "
+                     f"the interactions {data.num_items} (max itemID + 1)")
+  return text_tower.prepare(texts, f.text_tower, blocks=f.tower_blocks,
+                            max_len=f.max_text_len)
 
 
 def run_list(config) -> tuple[list[int], list[dict], list[dict]]:
@@ -71,14 +87,17 @@ def run_list(config) -> tuple[list[int], list[dict], list[dict]]:
   return seeds, points, hps
 
 
-def build_constants(data: mmrec.MMRecData, fcfg, mesh) -> fs.Constants:
+def build_constants(data: mmrec.MMRecData, fcfg, mesh, tower=None) -> fs.Constants:
+  """`tower`: a `text_tower.Prepared`; its pretrained vectors join the kNN
+  graph's features (FREEDOM's graph: fixed before training)."""
   shards = mesh.shape["data"]
   train = data.pairs[TRAIN]
   ui = graph_lib.user_item_graph(train, data.num_users, data.num_items, shards)
   item_graph = None
-  if fcfg.knn_k and data.features and fcfg.item_layers:
+  sources = list(data.features.values()) + ([tower.initial] if tower else [])
+  if fcfg.knn_k and sources and fcfg.item_layers:
     item_graph = graph_lib.stack_edges(
-        [graph_lib.knn_graph(f, fcfg.knn_k, shards) for f in data.features.values()])
+        [graph_lib.knn_graph(f, fcfg.knn_k, shards) for f in sources])
   edge_sharding = mesh_lib.batch_sharding(mesh)
   # One CPU device: SciPy's CSR product beats XLA:CPU's gather + segment_sum.
   on_host = jax.default_backend() == "cpu" and mesh.size == 1
@@ -90,7 +109,8 @@ def build_constants(data: mmrec.MMRecData, fcfg, mesh) -> fs.Constants:
       ui_graph=put_edges(ui) if fcfg.layers else None,
       item_graph=put_edges(item_graph),
       train_pairs=jax.device_put(train, rep),
-      eval_users=jax.device_put(data.eval_users().astype(np.int32), rep))
+      eval_users=jax.device_put(data.eval_users().astype(np.int32), rep),
+      tower=jax.device_put(tower.inputs, rep) if tower else None)
 
 
 @jax.jit
@@ -100,8 +120,8 @@ def _keep_best(best, params, improved):
   return jax.tree.map(pick, best, params)
 
 
-def data_fingerprint(data: mmrec.MMRecData) -> str:
-  """A digest of the split pairs and the features."""
+def data_fingerprint(data: mmrec.MMRecData, tower=None) -> str:
+  """A digest of the split pairs and the features (the text tower's too)."""
   h = hashlib.blake2b(digest_size=16)
   h.update(f"{data.num_users} {data.num_items}".encode())
   for s in (TRAIN, VALID, TEST):
@@ -109,6 +129,8 @@ def data_fingerprint(data: mmrec.MMRecData) -> str:
   for name, f in data.features.items():
     h.update(name.encode())
     h.update(np.ascontiguousarray(f).tobytes())
+  if tower is not None:
+    h.update(np.ascontiguousarray(tower.initial).tobytes())
   return h.hexdigest()
 
 
@@ -130,30 +152,40 @@ class FeatureGraphTask:
     self.config, self.data, self.mesh, self.evaluator = config, data, mesh, evaluator
     self.seeds, self.points, hps = run_list(config)
     self.runs, self.total = len(hps), fcfg.epochs
-    self.consts = build_constants(data, fcfg, mesh)
+    tower = load_tower(config, data)
+    self.tower = None if tower is None else dict(
+        model=fcfg.text_tower, blocks=tower.blocks, width=tower.width,
+        tokens=int(tower.inputs.mask.shape[1]), at_max_len=tower.at_max_len)
+    self.consts = build_constants(data, fcfg, mesh, tower)
     self.shape = fs.Shape(
         num_users=data.num_users, num_items=data.num_items,
         num_train=len(data.pairs[TRAIN]), batch_size=config.train.batch_size,
         negatives=fcfg.negatives, layers=fcfg.layers,
-        item_layers=fcfg.item_layers if self.consts.item_graph is not None else 0)
+        item_layers=fcfg.item_layers if self.consts.item_graph is not None else 0,
+        tower_items=fcfg.tower_items if tower else 0)
     self.examples_per_unit = self.runs * self.shape.num_train
     feature_dims = [f.shape[1] for f in data.features.values()]
     try:
       self.programs = fs.Programs(fcfg, config.model.dim, self.shape, feature_dims,
-                                  mesh)
+                                  mesh, tower)
     except ValueError as e:
       raise MmjaxError(f"config.feature_graph: {e}") from None
     self.hp = fs.stack_hparams(hps)
     self.identity = {"train.batch_size": int(config.train.batch_size),
                      "seed": [int(s) for s in self.seeds],
-                     "data": {"fingerprint": data_fingerprint(data),
+                     "data": {"fingerprint": data_fingerprint(data, tower),
                               "dir": config.data.dir}}
 
   def describe(self) -> str:
     grid = config_lib.get(self.config, "grid.axes")
     return (f"{self.runs} run(s) in one program: seeds {self.seeds}"
             + (f" x {len(self.points)} points of {grid}" if grid else "")
-            + f"; {self.shape.num_batches} batches of {self.shape.batch_size} per epoch")
+            + f"; {self.shape.num_batches} batches of {self.shape.batch_size} per epoch"
+            + ("" if self.tower is None else
+               f"; text tower: the last {self.tower['blocks']} block(s) of "
+               f"{self.tower['model']}, {self.shape.tower_items} items per step, "
+               f"{self.tower['tokens']} tokens per text ({self.tower['at_max_len']} "
+               "at feature_graph.max_text_len)"))
 
   def _keys(self):
     return jax.vmap(jax.random.key)(jnp.asarray(
@@ -258,7 +290,8 @@ def _finish(task: FeatureGraphTask, outcome: loop.Outcome, workdir: str, log,
                 num_items=data.num_items,
                 **{f"num_{n}": len(data.pairs[s]) for n, s in
                    (("train", TRAIN), ("valid", VALID), ("test", TEST))},
-                features={k: list(v.shape) for k, v in data.features.items()}),
+                features={k: list(v.shape) for k, v in data.features.items()},
+                **({} if task.tower is None else {"text_tower": task.tower})),
       config=task.config.to_dict(), **extra)
   write_outputs(workdir, summary, outcome.metrics_path, format_summary, log)
   return summary
