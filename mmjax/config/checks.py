@@ -200,6 +200,10 @@ def _check_feature_graph(config) -> None:
     if not f.text_file:
       raise MmjaxError("config.feature_graph.text_tower needs "
                        "config.feature_graph.text_file (the items' texts)")
+    if f.tower_items > f.negatives:
+      raise MmjaxError(f"config.feature_graph.tower_items={f.tower_items} must be at "
+                       f"most config.feature_graph.negatives={f.negatives}: the tower "
+                       "encodes some of the step's negatives")
 
 
 def _check_pretrained(config) -> None:

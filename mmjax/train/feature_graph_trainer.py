@@ -208,11 +208,15 @@ class FeatureGraphTask:
     del start, workdir
     compiled = self.compile_epoch(state)
     mem = compiled.memory_analysis()
-    flops = step_flops(compiled)
+    flops = self.epoch_flops(compiled)
     if mem is not None:
       log(f"compiled epoch: {memory_bytes(mem)['total'] / 2**20:.1f} MiB per device, "
           f"{flops / 1e9:.2f} GFLOPs/epoch for {self.runs} run(s)")
     return flops
+
+  def epoch_flops(self, compiled) -> float:
+    """XLA counts the scan's body once: one batch of the epoch."""
+    return step_flops(compiled) * self.shape.num_batches
 
   def advance(self, state, n):
     rows = []
@@ -312,7 +316,7 @@ def _dry_run(task: FeatureGraphTask, workdir: str, log) -> dict:
   compiled = task.compile_epoch({"runs": task.abstract_runs()})
   mem = compiled.memory_analysis()
   report = dict(task="feature_graph", runs=task.runs, devices=jax.device_count(),
-                flops_per_epoch=step_flops(compiled),
+                flops_per_epoch=task.epoch_flops(compiled),
                 per_device_bytes=memory_bytes(mem) if mem is not None else None,
                 batches_per_epoch=task.shape.num_batches)
   out = epath.Path(workdir or ".")

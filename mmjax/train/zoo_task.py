@@ -218,7 +218,7 @@ class ZooTask:
     self._check_model(start, workdir)
     order = np.zeros((self.shape.num_batches, self.shape.batch_size), np.int32)
     compiled = self._epoch.lower(self.graphs, self.sampler, state["run"], order).compile()
-    flops = step_flops(compiled)
+    flops = step_flops(compiled) * self.shape.num_batches   # The scan's body counts once.
     log(f"{self.model.name}: {self.shape.num_batches} batches of "
         f"{self.shape.batch_size} per epoch, compiled")
     return flops
