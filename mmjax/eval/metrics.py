@@ -153,11 +153,29 @@ def metrics_from_ranks(ranks, num_targets, k_max, ks=(10, 20, 50)):
     num_targets: (U,) the number of targets of each user.
     k_max, ks: as in `ranking_metrics`.
   """
-  ranks = np.asarray(ranks)
-  hits = np.zeros((ranks.shape[0], k_max + 1), bool)
-  rows = np.broadcast_to(np.arange(ranks.shape[0])[:, None], ranks.shape)
-  hits[rows, np.clip(ranks, 0, k_max)] = True   # Column k_max: the misses.
-  return _metrics_from_hits(hits[:, :k_max], np.asarray(num_targets), ks)
+  if max(ks) > k_max:
+    raise ValueError(f"cutoff {max(ks)} > k_max={k_max} of the ranks.")
+  n_t = np.asarray(num_targets)
+  has = n_t > 0
+  n_t = n_t[has]
+  # From the (users, targets) ranks directly, not a (users, k_max) hit matrix:
+  # a user's hits are distinct ranks, so sorted, the j-th hit (0-based) has
+  # j + 1 hits at or above it. Misses (k_max) sort last.
+  ranks = np.sort(np.clip(np.asarray(ranks)[has], 0, k_max), axis=1).astype(np.float64)
+  gain = 1. / np.log2(ranks + 2)
+  precision_at_hit = np.arange(1, ranks.shape[1] + 1) / (ranks + 1)
+  ideal = np.cumsum(1. / np.log2(np.arange(2, k_max + 2)))  # ideal[j - 1]: j hits.
+  mean = lambda x: float(np.mean(x)) if x.size else 0.
+  out = {}
+  for k in ks:
+    hit = ranks < k
+    count = hit.sum(axis=1)
+    capped = np.minimum(n_t, k)
+    out[f"recall@{k}"] = mean(count / n_t)
+    out[f"ndcg@{k}"] = mean(np.where(hit, gain, 0.).sum(axis=1) / ideal[capped - 1])
+    out[f"precision@{k}"] = mean(count / k)
+    out[f"map@{k}"] = mean(np.where(hit, precision_at_hit, 0.).sum(axis=1) / capped)
+  return out
 
 
 def _metrics_from_hits(hits, n_t, ks):
