@@ -31,7 +31,7 @@ from etils import epath
 
 from mmjax import config as config_lib
 from mmjax.config.saved import from_saved
-from mmjax.data import ids, image_files, store
+from mmjax.data import ids, image_bytes, image_files, store
 from mmjax.data.catalog import TRAIN
 from mmjax.data.features import normalize_images
 from mmjax.data.pipeline import text_tokenizer
@@ -158,7 +158,8 @@ class TrainedModel(Queries):
     """(n, dim) aligned image vectors.
 
     images: a uint8 (n, H, W, 3) array, or a list of PIL images / file paths;
-    each is resized to the catalog's image size.
+    each is fitted into the catalog's image size as the catalog's images
+    are (aspect ratio kept, centred on grey; `data.image_bytes.fit`).
     """
     if not self.has_images:
       raise MmjaxError(f"{self.workdir}: this run's catalog has no images")
@@ -223,10 +224,12 @@ def _image_batch(images, size: int) -> np.ndarray:
         status, opened = image_files.open_checked(os.fspath(im))
       if opened is None:
         raise MmjaxError(f"cannot read image {im}: {status}")
-      im = opened
-    elif isinstance(im, np.ndarray):
+      with opened:
+        out.append(image_bytes.fit(opened, size))
+      continue
+    if isinstance(im, np.ndarray):
       im = Image.fromarray(im.astype(np.uint8))
-    out.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+    out.append(image_bytes.fit(im, size))
   if not out:
     raise MmjaxError("encode_images needs at least one image")
   return np.stack(out).astype(np.uint8)

@@ -126,6 +126,7 @@ class ModelWithNewItems(Queries):
     self.catalog = dataclasses.replace(
         cat, item_text=list(cat.item_text) + list(texts),
         item_images=np.concatenate([cat.item_images, images]),
+        item_image_files=None,
         num_items=cat.num_items + len(ids),
         item_ids=cat.item_map.to_list() + list(ids),
         item_attrs=None, oracle_scores=None)   # Unknown for new items.

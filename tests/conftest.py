@@ -26,10 +26,10 @@ def cache_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def data_dir(cache_root):
   """The tiny embedded catalog, generated once per test process."""
-  from mmjax.data import store
+  from mmjax.data import store_write
   from mmjax.data.synthetic import SyntheticSpec
   cfg = tiny_config()
-  return store.ensure_synthetic(SyntheticSpec(**cfg.data.synthetic.to_dict()), cache_root)
+  return store_write.ensure_synthetic(SyntheticSpec(**cfg.data.synthetic.to_dict()), cache_root)
 
 
 @pytest.fixture()

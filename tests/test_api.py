@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import mmjax
+from mmjax import api
 from mmjax.data.catalog import TEST, TRAIN
 from mmjax.errors import MmjaxError
 from mmjax.eval.metrics import pad_lists, ranking_metrics, topk_from_embeddings
@@ -244,6 +245,10 @@ def test_encoders_match_the_catalog_embeddings(model, tmp_path):
                              atol=1e-5)
   big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)   # Resized back down.
   assert model.encode_images([big]).shape == (1, 16)
+  # Fitted as the catalog's images are: a wide image is padded, not stretched.
+  wide = api._image_batch([np.full((8, 16, 3), 200, np.uint8)], 16)[0]
+  assert (wide[:4] == 128).all() and (wide[4:12] == 200).all()
+  assert (wide[12:] == 128).all()
 
 
 def test_search_ranks_items_by_image_similarity_to_the_query(model):

@@ -8,7 +8,6 @@ import pytest
 from flax import nnx
 
 import mmjax.config as config_lib
-from mmjax.errors import MmjaxError
 from mmjax.losses.caption import caption_mean, caption_sums, next_token_labels
 from mmjax.models.encoders import attention as attn_lib
 from mmjax.models.model import DataShapes, build_model

@@ -3,7 +3,6 @@ exactly (vmapped seeds), early stopping and the best state survive the
 resume, a rerun adds no rows, a changed config is refused, SIGTERM saves
 and exits 0, `--dry_run` trains nothing, and `mmjax eval` re-evaluates."""
 
-import json
 import os
 import runpy
 import shutil

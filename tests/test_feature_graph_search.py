@@ -16,6 +16,9 @@ from mmjax.train import feature_graph_search as search
 from mmrec_fixtures import make_dataset
 from test_feature_graph_loop import config as loop_config
 
+# One worker runs the whole module, so its module fixtures run once.
+pytestmark = pytest.mark.xdist_group("test_feature_graph_search")
+
 AXES = "loss.infonce=0,0.5; feature_graph.layers=1,2"
 
 

@@ -3,7 +3,6 @@ the bytes, they either parse or raise MmjaxError, never anything else."""
 
 import os
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mmjax.config import default_config

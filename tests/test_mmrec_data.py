@@ -1,6 +1,5 @@
 """The MMRec-format loader: what it reads, and every error it reports."""
 
-import os
 
 import numpy as np
 import pytest

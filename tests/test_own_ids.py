@@ -20,6 +20,9 @@ from mmjax.recommend import write_all_users
 from test_export_recommend import _mmjax, _one_error
 from test_raw_ingest import data_config
 
+# One worker runs the whole module, so its module fixtures run once.
+pytestmark = pytest.mark.xdist_group("test_own_ids")
+
 NUM_ITEMS, NUM_USERS, PER_USER, K = 60, 8, 8, 3   # The metrics rank 50.
 SKUS = [f"sku-{(0xea7b6656 + 7919 * i) & 0xffffffff:08x}" for i in range(NUM_ITEMS)]
 # "42" reads as an int on a command line: it must find the string id "42".

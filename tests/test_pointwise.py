@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from mmjax import config as config_lib
-from mmjax.data import raw, store, synthetic
+from mmjax.data import raw, store, store_write, synthetic
 from mmjax.data.catalog import TEST, TRAIN, VALID
 from mmjax.data.pipeline import train_dataset
 from mmjax.data.stream import TrainInteractions
@@ -76,7 +76,7 @@ SPEC = synthetic.SyntheticSpec(num_items=96, num_users=48, image_size=16,
 
 @pytest.fixture(scope="module")
 def labelled_dir(cache_root):
-  return store.ensure_synthetic(SPEC, cache_root)
+  return store_write.ensure_synthetic(SPEC, cache_root)
 
 
 def test_impressions_are_labelled_rows_but_no_positives(labelled_dir):

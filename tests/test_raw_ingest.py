@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mmjax import config as config_lib
-from mmjax.data import clothing, raw, store
+from mmjax.data import clothing, image_bytes, raw, store
 from mmjax.errors import MmjaxError
 
 CLOTHING = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
@@ -85,13 +85,13 @@ def test_round_trip_through_tfds_and_grain(ingested):
   assert sorted(by_id) == list(range(6))   # g and h are skipped.
   for k, (item, text, _) in enumerate(ITEMS[:6]):
     assert by_id[k]["text"].decode() == text
-    image = by_id[k]["image"]
+    image = image_bytes.decode(by_id[k]["image"], 16)
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8
     tol = 8 if item == "b" else 0   # JPEG is lossy.
     centre = image[6:10, 6:10].reshape(-1, 3)
     assert np.abs(centre.astype(int) - COLOURS[item]).max() <= tol
   # Wide a: 16x8 centred, grey bands above and below; tall b: left and right.
-  a, b = by_id[0]["image"], by_id[1]["image"]
+  a, b = (image_bytes.decode(by_id[k]["image"], 16) for k in (0, 1))
   assert (a[:4] == 128).all() and (a[12:] == 128).all()
   assert (a[4:12] == COLOURS["a"]).all()
   assert (b[:, :4] == 128).all() and (b[:, 12:] == 128).all()
@@ -108,6 +108,27 @@ def test_round_trip_through_tfds_and_grain(ingested):
   # The tables' own ids, in dense order; the skipped items g and h are gone.
   assert cat.item_ids == list("abcdef")
   assert cat.user_ids == ["u1", "u2", "u3", "u4"]
+
+
+def test_the_data_dir_keeps_the_files_or_downscales_them(ingested, folder,
+                                                         tmp_path):
+  _, data_dir, _ = ingested
+  files = store.load_catalog(data_dir).item_image_files
+  for k, (_, _, name) in enumerate(ITEMS[:6]):
+    with open(os.path.join(folder, "images", name), "rb") as f:
+      assert files[k] == f.read()   # At its original size, as it was.
+  cfg = data_config(folder, tmp_path)
+  cfg.data.raw.max_stored_side = 12
+  small = store.load_catalog(raw.ensure_ingested(cfg.data, log=lambda _: None))
+  stored = [Image.open(io.BytesIO(f)) for f in small.item_image_files]
+  # Wide a and tall b are downscaled to a longest side of 12, b still a
+  # JPEG; the 16 px squares to 12; the model's images stay 16 px.
+  assert [(im.format, im.size) for im in stored[:3]] == [
+      ("PNG", (12, 6)), ("JPEG", (6, 12)), ("PNG", (12, 12))]
+  assert small.item_images.shape == (6, 16, 16, 3)
+  centre = small.item_images[:, 6:10, 6:10].reshape(6, -1, 3).astype(int)
+  for k, item in enumerate("abcdef"):
+    assert np.abs(centre[k] - COLOURS[item]).max() <= 8
 
 
 def test_summary_lines_count_skips_and_truncation(ingested):

@@ -2,13 +2,16 @@
 
 import json
 import os
+import shutil
 
 import grain
 import numpy as np
 import pytest
 
 from mmjax.data import catalog as catalog_lib
+from mmjax.data import image_bytes
 from mmjax.data import store
+from mmjax.data import store_write
 from mmjax.data import synthetic
 from mmjax.data import text
 from mmjax.errors import MmjaxError
@@ -20,7 +23,7 @@ SMALL = synthetic.SyntheticSpec(num_items=120, num_users=60, image_size=16)
 def written(tmp_path_factory):
   cat = synthetic.generate(SMALL)
   data_dir = str(tmp_path_factory.mktemp("store") / "small")
-  store.write_catalog(cat, data_dir, tokenizer_vocab=512)
+  store_write.write_catalog(cat, data_dir, tokenizer_vocab=512)
   return cat, data_dir
 
 
@@ -39,6 +42,11 @@ def test_round_trip(written):
     assert np.array_equal(back.item_attrs[k], v)
   assert np.array_equal(back.oracle_scores, cat.oracle_scores)
   assert (back.num_users, back.num_items) == (cat.num_users, cat.num_items)
+  # Written again, the stored image files are kept byte for byte.
+  again = os.path.join(os.path.dirname(data_dir), "again")
+  store_write.write_catalog(back, again, tokenizer_vocab=512)
+  assert store.load_catalog(again).item_image_files == back.item_image_files
+  shutil.rmtree(again)
 
 
 def test_layout_and_meta(written):
@@ -64,8 +72,9 @@ def test_grain_items_source(written):
     rec = ds[i]
     item = int(rec["item_id"])
     assert rec["text"].decode() == cat.item_text[item]
-    assert np.array_equal(rec["image"], cat.item_images[item])
-    assert rec["image"].shape == (16, 16, 3) and rec["image"].dtype == np.uint8
+    # The stored file decodes to the exact pixels.
+    image = image_bytes.decode(rec["image"], 16)
+    assert np.array_equal(image, cat.item_images[item])
     for a, v in cat.item_attrs.items():
       assert rec[a] == v[item]
 
@@ -104,10 +113,10 @@ def test_write_is_quiet_and_replaces(tmp_path, capsys):
   cat = synthetic.generate(synthetic.SyntheticSpec(
       num_items=40, num_users=20, interactions_per_user=10, image_size=8))
   data_dir = str(tmp_path / "d")
-  store.write_catalog(cat, data_dir)
+  store_write.write_catalog(cat, data_dir)
   cat.oracle_scores = None
   cat.item_attrs = None
-  store.write_catalog(cat, data_dir)
+  store_write.write_catalog(cat, data_dir)
   assert capsys.readouterr().out == ""
   back = store.load_catalog(data_dir)
   assert back.oracle_scores is None and back.item_attrs is None
@@ -118,7 +127,7 @@ def test_write_is_quiet_and_replaces(tmp_path, capsys):
   other.mkdir()
   (other / "precious.txt").write_text("keep me")
   with pytest.raises(MmjaxError, match="refusing to overwrite"):
-    store.write_catalog(cat, str(other))
+    store_write.write_catalog(cat, str(other))
   assert os.listdir(other) == ["precious.txt"]
 
 
@@ -127,13 +136,13 @@ def test_own_ids_round_trip_in_ids_json(tmp_path):
   without them writes no ids.json and its ids are the dense ints."""
   cat = synthetic.generate(synthetic.SyntheticSpec(
       num_items=40, num_users=20, interactions_per_user=10, image_size=8))
-  store.write_catalog(cat, str(tmp_path / "plain"), tokenizer_vocab=128)
+  store_write.write_catalog(cat, str(tmp_path / "plain"), tokenizer_vocab=128)
   assert "ids.json" not in os.listdir(tmp_path / "plain")
   plain = store.load_catalog(str(tmp_path / "plain"))
   assert plain.user_ids is None and plain.user_map.raws([3, 19]) == [3, 19]
   cat.user_ids = [f"user{u}" for u in range(20)]
   cat.item_ids = [1000 + i for i in range(39)] + ["sku-ea7b6656"]
-  store.write_catalog(cat, str(tmp_path / "own"), tokenizer_vocab=128)
+  store_write.write_catalog(cat, str(tmp_path / "own"), tokenizer_vocab=128)
   back = store.load_catalog(str(tmp_path / "own"))
   assert back.user_ids == cat.user_ids and back.item_ids == cat.item_ids
   assert back.item_map.index("1005") == back.item_map.index(1005) == 5
@@ -159,7 +168,7 @@ def test_write_rejects_bad_catalog(tmp_path):
       num_items=40, num_users=20, interactions_per_user=10, image_size=8))
   cat.split = cat.split.astype(np.int64)
   with pytest.raises(MmjaxError, match="split"):
-    store.write_catalog(cat, str(tmp_path / "d"))
+    store_write.write_catalog(cat, str(tmp_path / "d"))
   assert not os.path.exists(tmp_path / "d")
 
 
@@ -167,7 +176,7 @@ def test_ensure_synthetic_caches(tmp_path, monkeypatch):
   spec = synthetic.SyntheticSpec(num_items=40, num_users=20,
                                  interactions_per_user=10, image_size=8)
   monkeypatch.setenv("MMJAX_CACHE", str(tmp_path))
-  data_dir = store.ensure_synthetic(spec)
+  data_dir = store_write.ensure_synthetic(spec)
   assert os.path.dirname(data_dir) == str(tmp_path)
   meta_file = os.path.join(data_dir, "meta.json")
   mtime = os.stat(meta_file).st_mtime_ns
@@ -177,12 +186,12 @@ def test_ensure_synthetic_caches(tmp_path, monkeypatch):
   def fail(_):
     raise AssertionError("regenerated a cached data set")
   monkeypatch.setattr(synthetic, "generate", fail)
-  assert store.ensure_synthetic(spec) == data_dir
+  assert store_write.ensure_synthetic(spec) == data_dir
   assert os.stat(meta_file).st_mtime_ns == mtime
   # Another spec gets another dir (and would have to be generated).
   with pytest.raises(AssertionError, match="regenerated"):
-    store.ensure_synthetic(synthetic.dataclasses.replace(spec, seed=1))
+    store_write.ensure_synthetic(synthetic.dataclasses.replace(spec, seed=1))
   monkeypatch.undo()
   other_root = tmp_path / "explicit"
-  assert store.ensure_synthetic(spec, str(other_root)).startswith(
+  assert store_write.ensure_synthetic(spec, str(other_root)).startswith(
       str(other_root))

@@ -11,6 +11,9 @@ from mmjax.train import reporting
 from mmjax.train.step import TERMS
 from mmjax.run import train_and_evaluate
 
+# One worker runs the whole module, so its module fixtures run once.
+pytestmark = pytest.mark.xdist_group("test_trainer")
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir):

@@ -48,7 +48,7 @@ import numpy as np
 
 from mmjax import api
 from mmjax.config.loader import load as load_config
-from mmjax.data import store, text
+from mmjax.data import store, store_write, text
 from mmjax.data.catalog import TEST, TRAIN
 from mmjax.data.synthetic import SyntheticSpec
 from mmjax.errors import MmjaxError
@@ -80,6 +80,8 @@ def hold_out(catalog, cold: np.ndarray):
   warm_catalog = dataclasses.replace(
       catalog, **rows, item_text=[catalog.item_text[i] for i in warm],
       item_images=catalog.item_images[warm], num_items=len(warm),
+      item_image_files=(None if catalog.item_image_files is None else
+                        [catalog.item_image_files[i] for i in warm]),
       item_attrs=attrs, oracle_scores=oracle,
       item_ids=[catalog.item_map.raw(i) for i in warm]).validate()
   targets = [[] for _ in range(catalog.num_users)]
@@ -165,7 +167,7 @@ def one_seed(spec: str, seed: int, fraction: float, root: str, log) -> dict:
     raise MmjaxError(f"--config {spec}: data.name={config.data.name!r}; the "
                      "cold-item benchmark needs the synthetic catalog")
   config.seed = seed
-  full_dir = store.ensure_synthetic(SyntheticSpec(**config.data.synthetic.to_dict()))
+  full_dir = store_write.ensure_synthetic(SyntheticSpec(**config.data.synthetic.to_dict()))
   catalog = store.load_catalog(full_dir)
   count = round(fraction * catalog.num_items)
   if not K <= count < catalog.num_items:
@@ -177,7 +179,7 @@ def one_seed(spec: str, seed: int, fraction: float, root: str, log) -> dict:
   config.data.dir = os.path.join(root, f"data-{seed}")
   # The full catalog's tokenizer: WordPiece training does not break its ties
   # the same way twice, so a tokenizer trained here would make reruns differ.
-  store.write_cached(warm_catalog, config.data.dir, extra_meta={},
+  store_write.write_cached(warm_catalog, config.data.dir, extra_meta={},
                      tokenizer=text.load_tokenizer(store.tokenizer_path(full_dir)))
   workdir = os.path.join(root, f"run-{seed}")
   start = time.perf_counter()
@@ -230,7 +232,7 @@ def main(argv=None):
              mean=mean_over(runs))
   with open(args.out, "w") as f:
     json.dump(out, f, indent=1)
-  print(f"| ranked | model (add_items) | popularity | random | oracle |\n"
+  print("| ranked | model (add_items) | popularity | random | oracle |\n"
         "|---|---|---|---|---|")
   for where in ("all_items", "among_cold"):
     m = out["mean"][where]

@@ -113,8 +113,11 @@ KEYS: tuple[Key, ...] = (
     K("data.raw.columns.label", "", "Interactions column: an explicit label "
       "for loss.pointwise, 0/1 clicks (0: an impression, no positive) or "
       "ratings; \"\": none.", paths=(RAW,)),
-    K("data.raw.image_size", 64, "Images are resized to fit, centred on grey.",
-      bounds=_POS, paths=(RAW,)),
+    K("data.raw.image_size", 64, "The model's image side: images are resized "
+      "to fit where they are read, centred on grey.", bounds=_POS, paths=(RAW,)),
+    K("data.raw.max_stored_side", 0, "The data dir keeps each image file as "
+      "it is, or downscaled to this longest side when larger; 0: as it is.",
+      bounds=_NONNEG, paths=(RAW,)),
     K("data.raw.valid_fraction", 0.1, "Per user, without a split column.",
       bounds="(0, 1)", paths=(RAW,)),
     K("data.raw.test_fraction", 0.1, "Per user, without a split column.",

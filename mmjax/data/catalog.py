@@ -32,7 +32,11 @@ class Catalog(ids.OwnIds):
 
   Attributes:
     item_text: len N, one description per item.
-    item_images: (N, H, W, 3) uint8.
+    item_images: (N, H, W, 3) uint8, the model's (square) view of each image.
+    item_image_files: len N, what the store keeps of each image (an encoded
+      file at its original size, or downscaled to a maximum side; see
+      `image_bytes`), when the items came from files; None: the store keeps
+      item_images themselves, losslessly.
     interactions: (M, 2) int32 columns (user_id, item_id).
     split: (M,) int8: 0 train, 1 valid, 2 test.
     num_users: number of users U (ids 0..U-1).
@@ -59,6 +63,7 @@ class Catalog(ids.OwnIds):
   user_ids: list | None = None
   item_ids: list | None = None
   labels: np.ndarray | None = None
+  item_image_files: list[bytes] | None = None
 
   @property
   def image_size(self) -> int:
@@ -140,6 +145,10 @@ class Catalog(ids.OwnIds):
       raise MmjaxError(
           f"catalog.item_images must have shape ({n}, H, W, 3), "
           f"got {images.shape}")
+    files = self.item_image_files
+    if files is not None and (len(files) != n or not all(
+        isinstance(f, bytes) for f in files)):
+      raise MmjaxError(f"catalog.item_image_files must be {n} bytes objects")
 
     _check_array("interactions", self.interactions, np.int32, ndim=2)
     m = self.interactions.shape[0]

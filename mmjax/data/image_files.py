@@ -1,9 +1,10 @@
-"""Item image files -> fixed-size uint8 RGB arrays, decoded in parallel by grain.
+"""Item image files -> what the store keeps of them (`image_bytes`: the file
+at its original size, or downscaled to a maximum side) and their fixed-size
+uint8 RGB arrays, decoded in parallel by grain.
 
-Each image is resized to fit a size x size square, keeping its aspect ratio,
-and centred on a grey canvas (grey is ~0 after `normalize_images`, so padding
-carries no signal). A missing or undecodable file is not an error: it is
-counted and the item skipped, as real data sets always hold a few of them.
+Each image is fitted into a size x size square (`image_bytes.fit`). A
+missing or undecodable file is not an error: it is counted and the item
+skipped, as real data sets always hold a few of them.
 
 Only the listed formats are opened (PIL is never asked to identify any
 other), and an image whose header declares more than `max_pixels` pixels is
@@ -21,7 +22,9 @@ import warnings
 
 import grain
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from mmjax.data import image_bytes
 
 OK, MISSING, CORRUPT = "ok", "missing", "corrupt"
 REFUSED, TOO_LARGE, UNSUPPORTED = "refused", "too large", "unsupported"
@@ -29,7 +32,6 @@ FORMATS = ("JPEG", "PNG", "WEBP")
 # What a config may list (config.data.raw.image_formats has the same choices).
 KNOWN_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 MAX_PIXELS = 4096 * 4096
-_PAD_GREY = (128, 128, 128)
 
 
 def open_checked(path: str | None, formats=FORMATS, max_pixels=MAX_PIXELS
@@ -56,21 +58,20 @@ def open_checked(path: str | None, formats=FORMATS, max_pixels=MAX_PIXELS
 
 
 def load_image(path: str | None, size: int, formats=FORMATS,
-               max_pixels: int = MAX_PIXELS) -> tuple[str, np.ndarray | None]:
-  """(status, (size, size, 3) uint8 or None) of one image file."""
+               max_pixels: int = MAX_PIXELS, max_side: int = 0
+               ) -> tuple[str, np.ndarray | None, bytes | None]:
+  """(status, (size, size, 3) uint8 or None, the bytes to store or None) of
+  one image file; the pixels are those of the stored bytes."""
   status, opened = open_checked(path, formats, max_pixels)
   if opened is None:
-    return status, None
+    return status, None, None
   try:
-    with opened as img:
-      img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, faster.
-      img = ImageOps.exif_transpose(img).convert("RGB")
-      img = ImageOps.pad(img, (size, size), method=Image.Resampling.BICUBIC,
-                         color=_PAD_GREY)
+    with opened as img, open(path, "rb") as f:
+      stored = image_bytes.stored_file(f.read(), img, max_side)
+    return OK, image_bytes.decode(stored, size), stored
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
     # PIL reports unreadable, truncated and malformed files with these.
-    return CORRUPT, None
-  return OK, np.asarray(img, np.uint8)
+    return CORRUPT, None, None
 
 
 @contextlib.contextmanager
@@ -88,6 +89,7 @@ class LoadedImages:
   """Pixels of the images that loaded, and what happened to every file."""
   pixels: np.ndarray      # (K, size, size, 3) uint8, K = #status == OK
   status: list[str]       # per input path: OK or why it was skipped
+  files: list[bytes]      # (K,) what the store keeps of each image
 
   @property
   def ok(self) -> np.ndarray:
@@ -98,22 +100,23 @@ class LoadedImages:
 
 
 def load_images(paths: list[str | None], size: int, *, formats=FORMATS,
-                max_pixels: int = MAX_PIXELS, num_threads: int = 4
-                ) -> LoadedImages:
+                max_pixels: int = MAX_PIXELS, max_side: int = 0,
+                num_threads: int = 4) -> LoadedImages:
   """Decodes `paths` in order, `num_threads` at a time (PIL releases the GIL);
   a None path is one refused by safe_paths."""
   load = functools.partial(load_image, size=size, formats=formats,
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels, max_side=max_side)
   # By index: grain would drop a None element instead of mapping it.
   ds = grain.MapDataset.range(len(paths)).map(lambda i: load(paths[i]))
   it = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=num_threads, prefetch_buffer_size=4 * num_threads))
-  status, pixels = [], []
+  status, pixels, files = [], [], []
   with quiet_bomb_warnings():
-    for s, img in it:
+    for s, img, stored in it:
       status.append(s)
       if img is not None:
         pixels.append(img)
+        files.append(stored)
   stacked = (np.stack(pixels) if pixels
              else np.zeros((0, size, size, 3), np.uint8))
-  return LoadedImages(stacked, status)
+  return LoadedImages(stacked, status, files)

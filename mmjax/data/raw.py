@@ -2,9 +2,11 @@
 
 `ensure_ingested(config.data)` reads the folder through an adapter
 (raw_source.py for plain tables, clothing.py for the clothing photos),
-validates it, decodes the images, splits the interactions and writes the same
-TFDS ArrayRecord data dir as the synthetic catalog (store.py), so the trainer
-reads both alike. Raw data has no oracle and no latent attributes. The tables'
+validates it, checks and decodes the images, splits the interactions and
+writes the same TFDS ArrayRecord data dir as the synthetic catalog (store.py), so the trainer
+reads both alike. The data dir keeps each image file as it is (at its
+original size), or downscaled to config.data.raw.max_stored_side; readers
+decode it to config.data.raw.image_size. Raw data has no oracle and no latent attributes. The tables'
 own user and item ids (as written) are kept in the catalog, in dense order.
 
 The data dir is cached under a hash of the table files' bytes, the images'
@@ -28,12 +30,12 @@ import os
 import numpy as np
 
 from mmjax.data import catalog as catalog_lib
-from mmjax.data import clothing, image_files, raw_source, store, text
+from mmjax.data import clothing, image_files, raw_source, store, store_write, text
 from mmjax.errors import MmjaxError
 
 ADAPTERS = {"table": raw_source.from_tables, "clothing": clothing.from_csv}
 # Bump when ingestion changes what it writes for the same inputs.
-INGEST_VERSION = 3
+INGEST_VERSION = 4
 MIN_SPLIT_INTERACTIONS = 3   # A user needs one train, valid and test item.
 
 
@@ -107,7 +109,7 @@ def build_catalog(src, raw_cfg) -> tuple[catalog_lib.Catalog, dict]:
   item_rows = _interaction_items(src, index)
   loaded = image_files.load_images(
       src.image_paths, raw_cfg.image_size, formats=raw_cfg.image_formats,
-      max_pixels=raw_cfg.max_image_pixels)
+      max_pixels=raw_cfg.max_image_pixels, max_side=raw_cfg.max_stored_side)
   ok = loaded.ok
   if not ok.any():
     raise MmjaxError(f"{src.items_file}: none of its {len(ok)} images could "
@@ -134,7 +136,7 @@ def build_catalog(src, raw_cfg) -> tuple[catalog_lib.Catalog, dict]:
   labels = (None if src.labels is None
             else np.asarray(src.labels, np.float32)[kept])
   catalog = catalog_lib.Catalog(
-      item_text=texts, item_images=loaded.pixels,
+      item_text=texts, item_images=loaded.pixels, item_image_files=loaded.files,
       interactions=np.stack([users, new_id[item_rows][kept]], 1).astype(np.int32),
       split=split, num_users=len(user_ids), num_items=int(ok.sum()),
       user_ids=user_ids, labels=labels,
@@ -188,14 +190,14 @@ def ensure_ingested(data_cfg, log=print) -> str:
   """The data dir of config.data.raw, ingested on first use; logs the report."""
   raw_cfg = data_cfg.raw
   src = read_source(raw_cfg)
-  data_dir = store.cached_dir("raw", cache_key(src, raw_cfg),
+  data_dir = store_write.cached_dir("raw", cache_key(src, raw_cfg),
                               data_cfg.cache_dir or None)
   cached = store.is_data_dir(data_dir)
   if not cached:
     catalog, report = build_catalog(src, raw_cfg)
     tokenizer = text.train_wordpiece(catalog.item_text, raw_cfg.tokenizer_vocab)
     report["text_token_lengths"] = _token_lengths(tokenizer, catalog.item_text)
-    store.write_cached(catalog, data_dir, tokenizer=tokenizer,
+    store_write.write_cached(catalog, data_dir, tokenizer=tokenizer,
                        extra_meta={"raw": dict(report, root=src.root)})
   meta = store.read_meta(data_dir)
   for line in summary_lines(meta, data_cfg.max_text_len):

@@ -3,7 +3,7 @@
 import dataclasses
 import os
 
-from mmjax.data import raw, store
+from mmjax.data import raw, store_write
 from mmjax.data.synthetic import SyntheticSpec
 from mmjax.errors import MmjaxError
 
@@ -26,4 +26,4 @@ def resolve_data_dir(data_cfg, log=print, *, labelled: bool = False) -> str:
   spec = SyntheticSpec(**data_cfg.synthetic.to_dict())
   if labelled and not spec.impressions:
     spec = dataclasses.replace(spec, impressions=AUTO_IMPRESSIONS)
-  return store.ensure_synthetic(spec, data_cfg.cache_dir or None)
+  return store_write.ensure_synthetic(spec, data_cfg.cache_dir or None)

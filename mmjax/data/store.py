@@ -8,247 +8,48 @@ Layout of a data dir:
   ids.json              {"users": [...], "items": [...]}: the raw data's own
                         ids in dense order (raw folders only; without it the
                         dense ints are the ids)
-  items/1.0.0/          TFDS split "train": item_id, text, image (raw uint8
-                        bytes), attributes; and item_records.npy, (N,) int32:
-                        the record holding each item id
+  items/1.0.0/          TFDS split "train": item_id, text, image (an encoded
+                        file, see image_bytes), attributes; and
+                        item_records.npy, (N,) int32: the record holding each
+                        item id
   interactions/1.0.0/   TFDS splits train/valid/test: user_id, item_id, row
                         (and label, float32, in a labelled catalog: meta.json's
                         "label_kind" is then "binary" or "rating")
 
 TFDS shuffles records on write, so readers must use the stored ids, never
 record positions; `row` is the interaction's row in `Catalog.interactions`,
-which restores the original (time) order. Everything is written into a temp
-folder beside the data dir and renamed into place, so a data dir that exists
-is complete.
+which restores the original (time) order. `store_write` writes a data dir
+(into a temp folder renamed into place, so a data dir that exists is
+complete); this module reads one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
-import io
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
-import tokenizers
 from tensorflow_datasets.proto import tf_example_pb2
 
-from mmjax import cache as cache_lib
 from mmjax.data import catalog as catalog_lib
-from mmjax.data import synthetic
-from mmjax.data import text
+from mmjax.data import image_bytes
 from mmjax.errors import MmjaxError
 
-FORMAT_VERSION = 2   # 2: raw image bytes, item_records.npy.
+FORMAT_VERSION = 3   # 3: images as encoded files (2: raw pixels).
 ITEMS_SPLIT = "train"  # "all" is reserved by TFDS.
-_META, _TOKENIZER, _ORACLE = "meta.json", "tokenizer.json", "oracle_scores.npy"
-_IDS = "ids.json"
-_VERSION = "1.0.0"
-_ITEM_RECORDS = os.path.join("items", _VERSION, "item_records.npy")
-_ITEM_FIELDS = ("item_id", "text", "image")
+META_FILE, TOKENIZER_FILE, ORACLE_FILE = "meta.json", "tokenizer.json", "oracle_scores.npy"
+IDS_FILE = "ids.json"
+VERSION = "1.0.0"
+ITEM_RECORDS_FILE = os.path.join("items", VERSION, "item_records.npy")
+ITEM_FIELDS = ("item_id", "text", "image")
 # Records decoded per bulk read; bounds memory of the raw bytes in flight.
 _READ_CHUNK = 4096
 
 
-class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """A builder whose features and split generators are given at construction.
-
-  Not registered with TFDS: readers use `tfds.builder_from_directory`, which
-  needs only the files this writes.
-  """
-  VERSION = tfds.core.Version(_VERSION)
-
-  # No code dir (checksums, metadata files) belongs to these builders. Saying
-  # so also avoids TFDS probing it via `importlib_resources`, which it only
-  # declares as a dependency for Python < 3.9 and then fails to import.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    return None
-
-  def __init__(self, *, features, splits, **kwargs):
-    self._features = features
-    self._splits = splits  # split name -> zero-arg fn yielding (key, example)
-    super().__init__(file_format="array_record", **kwargs)
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self, features=tfds.features.FeaturesDict(self._features))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {name: gen() for name, gen in self._splits.items()}
-
-  def _generate_examples(self):
-    raise NotImplementedError("splits come from _split_generators")
-
-
-class _ItemsBuilder(_Builder, skip_registration=True):
-  name = "items"
-
-
-class _InteractionsBuilder(_Builder, skip_registration=True):
-  name = "interactions"
-
-
-@contextlib.contextmanager
-def _quiet():
-  """Silences TFDS progress bars and its "Downloading and preparing" prints."""
-  was_active = getattr(tfds.core.utils.tqdm_utils, "_active", True)
-  tfds.disable_progress_bar()
-  try:
-    with contextlib.redirect_stdout(io.StringIO()):
-      yield
-  finally:
-    tfds.display_progress_bar(was_active)
-
-
-def _item_builder(cat, root):
-  attrs = cat.item_attrs or {}
-  clash = set(attrs) & set(_ITEM_FIELDS)
-  if clash:
-    raise MmjaxError(f"catalog.item_attrs uses reserved names {sorted(clash)}")
-  h, w = cat.item_images.shape[1:3]
-  features = {
-      "item_id": tfds.features.Scalar(np.int32),
-      "text": tfds.features.Text(),
-      # Raw bytes, not TFDS's default of one int64 per pixel: decoding is a
-      # copy instead of a parse, which the per-batch item join depends on.
-      "image": tfds.features.Tensor(shape=(h, w, 3), dtype=np.uint8,
-                                    encoding=tfds.features.Encoding.BYTES),
-      **{a: tfds.features.Scalar(np.int32) for a in attrs},
-  }
-
-  def examples():
-    for i in range(cat.num_items):
-      yield i, {"item_id": i, "text": cat.item_text[i],
-                "image": cat.item_images[i],
-                **{a: v[i] for a, v in attrs.items()}}
-
-  return _ItemsBuilder(features=features, splits={ITEMS_SPLIT: examples},
-                       data_dir=root)
-
-
-def _interactions_builder(cat, root):
-  features = {
-      "user_id": tfds.features.Scalar(np.int32),
-      "item_id": tfds.features.Scalar(np.int32),
-      "row": tfds.features.Scalar(np.int64),
-  }
-  if cat.labels is not None:
-    features["label"] = tfds.features.Scalar(np.float32)
-
-  def split_gen(split_id):
-    def examples():
-      for row in np.flatnonzero(cat.split == split_id):
-        user, item = cat.interactions[row]
-        example = {"user_id": user, "item_id": item, "row": row}
-        if cat.labels is not None:
-          example["label"] = cat.labels[row]
-        yield int(row), example
-    return examples
-
-  splits = {name: split_gen(i) for i, name in
-            enumerate(catalog_lib.SPLIT_NAMES)}
-  empty = [n for i, n in enumerate(catalog_lib.SPLIT_NAMES)
-           if not (cat.split == i).any()]
-  if empty:
-    raise MmjaxError(f"catalog.split has no {'/'.join(empty)} interactions")
-  return _InteractionsBuilder(features=features, splits=splits, data_dir=root)
-
-
-def write_catalog(
-    catalog: catalog_lib.Catalog, data_dir: str, *, tokenizer_vocab: int = 1024
-) -> None:
-  """Writes `catalog` as a data dir, replacing an older mmjax data dir there."""
-  _write(catalog, data_dir, tokenizer_vocab=tokenizer_vocab, replace=True)
-
-
-def write_cached(catalog: catalog_lib.Catalog, data_dir: str, *,
-                 tokenizer: tokenizers.Tokenizer, extra_meta: dict) -> None:
-  """Writes a cache entry, unless a concurrent writer has just published one."""
-  _write(catalog, data_dir, tokenizer_vocab=None, replace=False,
-         extra_meta=extra_meta, tokenizer=tokenizer)
-
-
-def _write(cat, data_dir, *, tokenizer_vocab, replace, extra_meta=None,
-           tokenizer=None):
-  """Writes into a temp dir beside data_dir, then renames it into place.
-
-  With replace=False an existing data dir (e.g. one a concurrent process just
-  finished) is kept and the new copy dropped. A given `tokenizer` is saved
-  instead of one trained with `tokenizer_vocab`.
-  """
-  cat.validate()
-  data_dir = os.path.abspath(os.fspath(data_dir))
-  if (os.path.isdir(data_dir) and os.listdir(data_dir)
-      and not is_data_dir(data_dir)):
-    raise MmjaxError(f"refusing to overwrite {data_dir}: it is not empty and "
-                     f"not an mmjax data dir (no {_META})")
-  parent, base = os.path.split(data_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-  try:
-    downloads = os.path.join(tmp, "_downloads")
-    with _quiet():
-      for builder in (_item_builder(cat, tmp), _interactions_builder(cat, tmp)):
-        builder.download_and_prepare(download_dir=downloads)
-    shutil.rmtree(downloads, ignore_errors=True)
-    np.save(os.path.join(tmp, _ITEM_RECORDS), _index_item_records(tmp, cat.num_items))
-    (tokenizer or text.train_wordpiece(cat.item_text, tokenizer_vocab)).save(
-        os.path.join(tmp, _TOKENIZER))
-    if cat.oracle_scores is not None:
-      np.save(os.path.join(tmp, _ORACLE), cat.oracle_scores)
-    if cat.user_ids is not None or cat.item_ids is not None:
-      with open(os.path.join(tmp, _IDS), "w") as f:
-        json.dump({"users": cat.user_ids, "items": cat.item_ids}, f)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "num_users": int(cat.num_users),
-        "num_items": int(cat.num_items),
-        "image_size": cat.image_size,
-        "attributes": list(cat.item_attrs or {}),
-        "label_kind": cat.label_kind,
-        "num_interactions": {n: int((cat.split == i).sum()) for i, n in
-                             enumerate(catalog_lib.SPLIT_NAMES)},
-        **(extra_meta or {}),
-    }
-    with open(os.path.join(tmp, _META), "w") as f:
-      json.dump(meta, f, indent=2)
-    _publish(tmp, data_dir, replace)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)  # A no-op once renamed.
-
-
-def _publish(tmp, data_dir, replace):
-  """Renames tmp to data_dir; each rename is atomic on one filesystem."""
-  if os.path.isdir(data_dir) and not os.listdir(data_dir):
-    os.rmdir(data_dir)
-  if is_data_dir(data_dir):
-    if not replace:
-      return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(data_dir)}.old-",
-                           dir=os.path.dirname(data_dir))
-    os.rename(data_dir, os.path.join(old, "d"))
-    os.rename(tmp, data_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    return
-  try:
-    os.rename(tmp, data_dir)
-  except OSError:
-    # Lost a race to another writer; its copy is as good as ours.
-    if replace or not is_data_dir(data_dir):
-      raise
-
-
 def is_data_dir(data_dir: str) -> bool:
   """Whether data_dir holds a complete mmjax data dir."""
-  return os.path.isfile(os.path.join(data_dir, _META))
+  return os.path.isfile(os.path.join(data_dir, META_FILE))
 
 
 def read_meta(data_dir: str) -> dict:
@@ -257,8 +58,8 @@ def read_meta(data_dir: str) -> dict:
   if not os.path.isdir(data_dir):
     raise MmjaxError(f"data dir not found: {data_dir}")
   if not is_data_dir(data_dir):
-    raise MmjaxError(f"{data_dir} is not an mmjax data dir (no {_META})")
-  path = os.path.join(data_dir, _META)
+    raise MmjaxError(f"{data_dir} is not an mmjax data dir (no {META_FILE})")
+  path = os.path.join(data_dir, META_FILE)
   try:
     with open(path) as f:
       meta = json.load(f)
@@ -275,18 +76,18 @@ def read_meta(data_dir: str) -> dict:
 def _source(data_dir, name, split, **kwargs):
   read_meta(data_dir)
   builder = tfds.builder_from_directory(
-      os.path.join(os.fspath(data_dir), name, _VERSION))
+      os.path.join(os.fspath(data_dir), name, VERSION))
   return builder.as_data_source(split, **kwargs)
 
 
 def _raw_items(root):
   """The item records as serialized tf.train.Example bytes."""
-  builder = tfds.builder_from_directory(os.path.join(root, "items", _VERSION))
+  builder = tfds.builder_from_directory(os.path.join(root, "items", VERSION))
   return builder.as_data_source(
       ITEMS_SPLIT, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
 
 
-def _index_item_records(root, num_items) -> np.ndarray:
+def index_item_records(root, num_items) -> np.ndarray:
   """(N,) int32 record position of each item id, read from the records."""
   source, ids = _raw_items(root), []
   for lo in range(0, len(source), _READ_CHUNK):
@@ -300,7 +101,7 @@ def _index_item_records(root, num_items) -> np.ndarray:
 
 
 def parse_item(record: bytes) -> tuple[int, bytes, bytes]:
-  """(item_id, utf-8 text, raw image bytes) of one serialized item record:
+  """(item_id, utf-8 text, encoded image) of one serialized item record:
   only the fields the train stream needs, without TFDS's per-feature decode."""
   feature = tf_example_pb2.Example.FromString(record).features.feature
   return (int(feature["item_id"].int64_list.value[0]),
@@ -316,7 +117,7 @@ def open_item_bytes(data_dir: str):
 
 def item_records(data_dir: str) -> np.ndarray:
   """(N,) int32: the position in `open_item_bytes` of each item id's record."""
-  path = os.path.join(os.fspath(data_dir), _ITEM_RECORDS)
+  path = os.path.join(os.fspath(data_dir), ITEM_RECORDS_FILE)
   try:
     index = np.load(path)
   except (OSError, ValueError) as e:
@@ -342,18 +143,28 @@ def open_interactions(data_dir: str, split: str):
 
 
 def tokenizer_path(data_dir: str) -> str:
-  return os.path.join(os.fspath(data_dir), _TOKENIZER)
+  return os.path.join(os.fspath(data_dir), TOKENIZER_FILE)
 
 
 def read_records(source):
-  """All records of a source as a dict of stacked numpy arrays."""
+  """All records of a source as a dict of stacked numpy arrays; bytes
+  fields as object arrays (a fixed-width bytes array would drop trailing
+  NULs and pad every value to the longest)."""
   out = {}
   for lo in range(0, len(source), _READ_CHUNK):
     keys = list(range(lo, min(len(source), lo + _READ_CHUNK)))
     for record in source.__getitems__(keys):
       for k, v in record.items():
         out.setdefault(k, []).append(v)
-  return {k: np.stack(v) for k, v in out.items()}
+  return {k: _stack(v) for k, v in out.items()}
+
+
+def _stack(values):
+  if isinstance(values[0], bytes):
+    out = np.empty(len(values), object)
+    out[:] = values
+    return out
+  return np.stack(values)
 
 
 def load_catalog(data_dir: str) -> catalog_lib.Catalog:
@@ -377,11 +188,13 @@ def load_catalog(data_dir: str) -> catalog_lib.Catalog:
   labels = (np.concatenate([p["label"] for p in parts])[order_rows].astype(np.float32)
             if meta.get("label_kind") else None)
 
-  oracle_file = os.path.join(data_dir, _ORACLE)
+  oracle_file = os.path.join(data_dir, ORACLE_FILE)
   raw_ids = _read_ids(data_dir)
+  files = items["image"][order].tolist()
   return catalog_lib.Catalog(
       item_text=[t.decode("utf-8") for t in items["text"][order]],
-      item_images=items["image"][order],
+      item_images=image_bytes.decode_all(files, meta["image_size"]),
+      item_image_files=files,
       interactions=pairs[order_rows].astype(np.int32),
       split=split[order_rows],
       num_users=u,
@@ -397,7 +210,7 @@ def load_catalog(data_dir: str) -> catalog_lib.Catalog:
 
 def _read_ids(data_dir) -> dict:
   """ids.json of a data dir ({} without one: the dense ints are the ids)."""
-  path = os.path.join(os.fspath(data_dir), _IDS)
+  path = os.path.join(os.fspath(data_dir), IDS_FILE)
   if not os.path.exists(path):
     return {}
   try:
@@ -408,37 +221,3 @@ def _read_ids(data_dir) -> dict:
   if not isinstance(raw_ids, dict):
     raise MmjaxError(f"{path}: want {{\"users\": [...], \"items\": [...]}}")
   return raw_ids
-
-
-# The WordPiece vocabulary the embedded catalog's tokenizer is trained to.
-SYNTHETIC_VOCAB = 1024
-
-
-def cached_dir(kind: str, key: dict, cache_root: str | None = None) -> str:
-  """cache_root/<kind>-<hash of key and the format version>.
-
-  cache_root defaults to $MMJAX_CACHE or ~/.cache/mmjax.
-  """
-  key = json.dumps({**key, "format_version": FORMAT_VERSION}, sort_keys=True)
-  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  return os.path.join(cache_root or cache_lib.cache_root(), f"{kind}-{digest}")
-
-
-def ensure_synthetic(
-    spec: synthetic.SyntheticSpec, cache_root: str | None = None
-) -> str:
-  """Data dir of `spec`, generated and written on first use.
-
-  The dir lives in cache_root (default: $MMJAX_CACHE or ~/.cache/mmjax) under
-  a name hashed from the spec and the format version, so any change to either
-  gets a fresh dir.
-  """
-  key = dataclasses.asdict(spec)
-  if not spec.impressions:   # Unlabelled catalogs keep their cache entries.
-    del key["impressions"]
-  data_dir = cached_dir("synthetic", {"spec": key}, cache_root)
-  if not is_data_dir(data_dir):
-    _write(synthetic.generate(spec), data_dir, tokenizer_vocab=SYNTHETIC_VOCAB,
-           replace=False,
-           extra_meta={"synthetic_spec": dataclasses.asdict(spec)})
-  return data_dir

@@ -19,7 +19,7 @@ import threading
 import grain
 import numpy as np
 
-from mmjax.data import store
+from mmjax.data import image_bytes, store
 from mmjax.data.catalog import TRAIN, label_kind
 from mmjax.data.features import TextTokenizer
 from mmjax.errors import MmjaxError
@@ -27,7 +27,9 @@ from mmjax.errors import MmjaxError
 
 class ItemRecords:
   """Tokens, attention masks and uint8 images of items, by item id, read
-  from a data dir's item records with an LRU cache of `capacity` items.
+  from a data dir's item records with an LRU cache of `capacity` items:
+  an item is tokenized and its stored image decoded to the model's size
+  (`image_bytes.decode`) when it is read, and cached as such.
 
   Pickles as (data dir, tokenizer, capacity): each grain worker opens the
   records itself, and its cache starts empty.
@@ -104,14 +106,12 @@ class ItemRecords:
     if self._source is None:
       self._source = store.open_item_bytes(self.data_dir)
     keys = self._records[item_ids].tolist()
-    ids, texts, pixels = zip(*map(store.parse_item, self._source.__getitems__(keys)))
+    ids, texts, files = zip(*map(store.parse_item, self._source.__getitems__(keys)))
     if list(ids) != item_ids.tolist():
       raise MmjaxError(f"{self.data_dir}: item_records.npy does not match the "
                        "item records; write the data dir again")
     tokens, mask = self.tokenizer.encode_all(texts)
-    images = np.frombuffer(b"".join(pixels), np.uint8).reshape(
-        len(ids), *self.image_shape)
-    return tokens, mask, images
+    return tokens, mask, image_bytes.decode_all(files, self.image_shape[0])
 
   def _remember(self, item_ids, tokens, mask, images) -> np.ndarray:
     """Caches the newest min(len, capacity) items, evicting the least

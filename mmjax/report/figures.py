@@ -6,7 +6,6 @@ and the CLI can write it to a file.
 
 import base64
 import io
-import os
 
 import numpy as np
 from etils import epath

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from mmjax import mesh as mesh_lib
-from mmjax.data import store
+from mmjax.data import store, store_write
 from mmjax.data.features import TextTokenizer
 from mmjax.errors import MmjaxError
 from mmjax.models import pretrained
@@ -51,7 +51,7 @@ def data_shapes(config) -> DataShapes:
   if d.name == "synthetic" and not d.dir:
     shapes = dict(num_items=d.synthetic.num_items, num_users=d.synthetic.num_users,
                   image_size=d.synthetic.image_size,
-                  vocab_size=store.SYNTHETIC_VOCAB,
+                  vocab_size=store_write.SYNTHETIC_VOCAB,
                   label_kind="binary" if (config.loss.pointwise > 0
                                           or d.synthetic.impressions) else "")
   elif d.dir:
