@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import pytest
+from cpu_collectives import retry_on_rendezvous_abort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.mark.xdist_group("simulated_devices")
+@retry_on_rendezvous_abort
 def test_eight_devices_match_one(data_dir):
   proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_check.py"), data_dir],
                         capture_output=True, text=True, timeout=900)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from cpu_collectives import retry_on_rendezvous_abort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "multihost_worker.py")
@@ -27,6 +28,7 @@ def _result(proc) -> dict:
 
 @pytest.mark.xdist_group("simulated_devices")
 @pytest.mark.slow
+@retry_on_rendezvous_abort
 def test_two_processes_match_one(data_dir):
   port = str(_free_port())
   # Without the shared compilation cache: a run with it hung in a collective

@@ -19,6 +19,7 @@ from mmjax.errors import MmjaxError
 from mmjax.run import train_and_evaluate
 from mmjax.train import reporting
 from mmjax.train import resume
+from cpu_collectives import retry_on_rendezvous_abort
 
 STEPS = 12
 EXACT = ("train.steps=12", "train.log_every=1", "train.checkpoint_every=1",
@@ -33,6 +34,7 @@ def _losses(workdir) -> list[dict]:
 
 @pytest.mark.xdist_group("simulated_devices")
 @pytest.mark.slow
+@retry_on_rendezvous_abort
 def test_sigkill_twice_then_resume_is_bit_identical(tmp_path, data_dir):
   ref_dir, run_dir = str(tmp_path / "reference"), str(tmp_path / "interrupted")
   reference = runs.launch(ref_dir, data_dir, *EXACT)   # Runs alongside.
@@ -58,6 +60,7 @@ def test_sigkill_twice_then_resume_is_bit_identical(tmp_path, data_dir):
 
 @pytest.mark.xdist_group("simulated_devices")
 @pytest.mark.slow
+@retry_on_rendezvous_abort
 def test_resume_on_four_devices_after_eight_continues_the_stream(tmp_path, data_dir,
                                                                  config):
   workdir = str(tmp_path / "run")

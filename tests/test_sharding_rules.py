@@ -12,6 +12,7 @@ from flax import nnx
 from mmjax.config import default_config, validate
 from mmjax.errors import MmjaxError
 from mmjax import mesh as mesh_lib
+from cpu_collectives import retry_on_rendezvous_abort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -56,6 +57,7 @@ def test_bad_rules_are_config_errors(rules, match):
 
 @pytest.mark.xdist_group("simulated_devices")
 @pytest.mark.slow
+@retry_on_rendezvous_abort
 def test_fsdp_on_eight_devices_equals_replicated(data_dir):
   proc = subprocess.run([sys.executable, os.path.join(HERE, "scale_check.py"), "fsdp",
                          data_dir], capture_output=True, text=True, timeout=900)
