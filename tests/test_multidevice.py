@@ -1,4 +1,4 @@
-"""The step on 8 simulated devices equals the step on 1 device."""
+"""Steps on 8 simulated devices equal the steps on 1 device."""
 
 import json
 import os

@@ -178,3 +178,19 @@ def test_dry_run_takes_no_lock(config, tmp_path):
   with WorkdirLock(workdir):   # In use by a run: a dry run still goes ahead.
     got = train_and_evaluate(config, workdir, log=lambda *_: None, dry_run=True)
   assert got["dry_run"]
+
+
+def test_curves_join_the_steps_that_log_each_quantity():
+  """Evaluations log every few steps: their panel is one line through those
+  steps, not points isolated by the rows in between."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from mmjax.train.reporting import curves_figure
+  rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 7)]
+  rows[2]["valid_recall@20"], rows[5]["valid_recall@20"] = 0.1, 0.2
+  fig = curves_figure(rows)
+  loss, valid = (ax.lines[0] for ax in fig.axes[:2])
+  assert list(loss.get_xdata()) == [1, 2, 3, 4, 5, 6]
+  assert list(valid.get_xdata()) == [3, 6] and list(valid.get_ydata()) == [0.1, 0.2]
+  plt.close(fig)
