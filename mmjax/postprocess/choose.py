@@ -28,7 +28,6 @@ from mmjax.errors import MmjaxError
 from mmjax.train.atomic import atomic_write
 from mmjax.eval.evaluate import rank, scoring_vectors
 from mmjax.eval.metrics import pad_lists
-from mmjax.eval.retrieval import text_image_retrieval
 from mmjax.postprocess import item_id_table, user_refit
 from mmjax.postprocess.item_id_table import TableTransform
 
