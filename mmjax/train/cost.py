@@ -11,3 +11,9 @@ def step_flops(compiled) -> float:
     return 0.0
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def scan_flops(compiled, iterations: int) -> float:
+  """FLOPs of a compiled program that is one `lax.scan` of `iterations`
+  identical steps (an epoch of batches): XLA counts the body once."""
+  return step_flops(compiled) * iterations

@@ -40,7 +40,7 @@ from mmjax.models import graph as graph_lib
 from mmjax.models import text_tower
 from mmjax.train import feature_graph_step as fs
 from mmjax.train import loop
-from mmjax.train.cost import step_flops
+from mmjax.train.cost import scan_flops
 from mmjax.train.feature_graph_summary import format_summary, summarize
 from mmjax.train.outputs import open_workdir, write_outputs
 
@@ -215,8 +215,7 @@ class FeatureGraphTask:
     return flops
 
   def epoch_flops(self, compiled) -> float:
-    """XLA counts the scan's body once: one batch of the epoch."""
-    return step_flops(compiled) * self.shape.num_batches
+    return scan_flops(compiled, self.shape.num_batches)
 
   def advance(self, state, n):
     rows = []

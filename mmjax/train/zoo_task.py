@@ -31,7 +31,7 @@ from mmjax.data.catalog import TRAIN
 from mmjax.errors import MmjaxError
 from mmjax.models import graph as graph_lib
 from mmjax.models.mmrec_zoo.common import Batch, Graphs, ZooModel
-from mmjax.train.cost import step_flops
+from mmjax.train.cost import scan_flops
 from mmjax.train.feature_graph_trainer import data_fingerprint
 
 MODEL_FILE = "zoo_model.json"
@@ -218,7 +218,7 @@ class ZooTask:
     self._check_model(start, workdir)
     order = np.zeros((self.shape.num_batches, self.shape.batch_size), np.int32)
     compiled = self._epoch.lower(self.graphs, self.sampler, state["run"], order).compile()
-    flops = step_flops(compiled) * self.shape.num_batches   # The scan's body counts once.
+    flops = scan_flops(compiled, self.shape.num_batches)
     log(f"{self.model.name}: {self.shape.num_batches} batches of "
         f"{self.shape.batch_size} per epoch, compiled")
     return flops
