@@ -180,7 +180,7 @@ def one_seed(spec: str, seed: int, fraction: float, root: str, log) -> dict:
   # The full catalog's tokenizer: WordPiece training does not break its ties
   # the same way twice, so a tokenizer trained here would make reruns differ.
   store_write.write_cached(warm_catalog, config.data.dir, extra_meta={},
-                     tokenizer=text.load_tokenizer(store.tokenizer_path(full_dir)))
+                           tokenizer=text.load_tokenizer(store.tokenizer_path(full_dir)))
   workdir = os.path.join(root, f"run-{seed}")
   start = time.perf_counter()
   summary = train_and_evaluate(config, workdir, log=lambda *_: None)

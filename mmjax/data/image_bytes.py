@@ -6,8 +6,8 @@ it was (at its original size), or re-encoded smaller when its longest side
 is over a configured maximum; an in-memory image (a rendered synthetic one)
 as its pixels, in a binary PPM (an uncompressed standard format that decodes
 as a copy: such images hardly compress, and PNG's decode would cost more
-than the rest of a batch's item join). `decode` turns stored bytes into the model's
-(size, size, 3) uint8: the image fitted into the square, keeping its aspect
+than the rest of a batch's item join). `decode` turns stored bytes into the
+model's (size, size, 3) uint8: the image fitted into the square, keeping its aspect
 ratio, centred on grey (grey is ~0 after `normalize_images`, so padding
 carries no signal). An image already of that square size decodes to its
 exact pixels.
@@ -21,7 +21,7 @@ import re
 import numpy as np
 from PIL import Image, ImageOps
 
-PAD_GREY = (128, 128, 128)
+_PAD_GREY = (128, 128, 128)
 # Formats a stored image may have: everything ingestion may keep verbatim.
 STORED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 # The header `encode_array` writes: binary RGB, 8 bits per channel.
@@ -38,7 +38,7 @@ def fit(img: Image.Image, size: int) -> np.ndarray:
   img = ImageOps.exif_transpose(img).convert("RGB")
   # ImageOps.pad returns an exact copy of an image already size x size.
   img = ImageOps.pad(img, (size, size), method=Image.Resampling.BICUBIC,
-                     color=PAD_GREY)
+                     color=_PAD_GREY)
   return np.asarray(img, np.uint8)
 
 
@@ -70,10 +70,6 @@ def encode_array(pixels: np.ndarray) -> bytes:
     raise ValueError(f"want (H, W, 3) pixels, got {pixels.shape}")
   return b"P6\n%d %d\n255\n" % (w, h) + np.ascontiguousarray(
       pixels, np.uint8).tobytes()
-
-
-def encode_arrays(pixels: np.ndarray) -> list[bytes]:
-  return [encode_array(p) for p in pixels]
 
 
 def stored_file(data: bytes, img: Image.Image, max_side: int) -> bytes:

@@ -3,11 +3,13 @@
 `ensure_ingested(config.data)` reads the folder through an adapter
 (raw_source.py for plain tables, clothing.py for the clothing photos),
 validates it, checks and decodes the images, splits the interactions and
-writes the same TFDS ArrayRecord data dir as the synthetic catalog (store.py), so the trainer
-reads both alike. The data dir keeps each image file as it is (at its
-original size), or downscaled to config.data.raw.max_stored_side; readers
-decode it to config.data.raw.image_size. Raw data has no oracle and no latent attributes. The tables'
-own user and item ids (as written) are kept in the catalog, in dense order.
+writes the same TFDS ArrayRecord data dir as the synthetic catalog
+(store_write.py), so the trainer reads both alike. The data dir keeps each
+image file as it is (at its original size), or downscaled to
+config.data.raw.max_stored_side; readers decode it to
+config.data.raw.image_size. Raw data has no oracle and no latent attributes.
+The tables' own user and item ids (as written) are kept in the catalog, in
+dense order.
 
 The data dir is cached under a hash of the table files' bytes, the images'
 paths, sizes and mtimes, and every ingestion option: a second run with the
@@ -191,14 +193,14 @@ def ensure_ingested(data_cfg, log=print) -> str:
   raw_cfg = data_cfg.raw
   src = read_source(raw_cfg)
   data_dir = store_write.cached_dir("raw", cache_key(src, raw_cfg),
-                              data_cfg.cache_dir or None)
+                                    data_cfg.cache_dir or None)
   cached = store.is_data_dir(data_dir)
   if not cached:
     catalog, report = build_catalog(src, raw_cfg)
     tokenizer = text.train_wordpiece(catalog.item_text, raw_cfg.tokenizer_vocab)
     report["text_token_lengths"] = _token_lengths(tokenizer, catalog.item_text)
     store_write.write_cached(catalog, data_dir, tokenizer=tokenizer,
-                       extra_meta={"raw": dict(report, root=src.root)})
+                             extra_meta={"raw": dict(report, root=src.root)})
   meta = store.read_meta(data_dir)
   for line in summary_lines(meta, data_cfg.max_text_len):
     log(line + (" [cached]" if cached else ""))

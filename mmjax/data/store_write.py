@@ -187,7 +187,8 @@ def _write(cat, data_dir, *, tokenizer_vocab, replace, extra_meta=None,
       for builder in (_item_builder(cat, tmp), _interactions_builder(cat, tmp)):
         builder.download_and_prepare(download_dir=downloads)
     shutil.rmtree(downloads, ignore_errors=True)
-    np.save(os.path.join(tmp, store.ITEM_RECORDS_FILE), store.index_item_records(tmp, cat.num_items))
+    np.save(os.path.join(tmp, store.ITEM_RECORDS_FILE),
+            store.index_item_records(tmp, cat.num_items))
     (tokenizer or text.train_wordpiece(cat.item_text, tokenizer_vocab)).save(
         os.path.join(tmp, store.TOKENIZER_FILE))
     if cat.oracle_scores is not None:
