@@ -1,7 +1,8 @@
 """Shared fixtures: one tiny config and one tiny generated catalog per test process.
 
-JAX compiles dominate CPU test time, so models are tiny and the persistent
-compilation cache is shared by every test process (subprocesses included).
+JAX compiles dominate CPU test time, so models are tiny, XLA compiles at a
+low optimisation level (xla_env.py), and the persistent compilation cache is
+shared by every test process (subprocesses included).
 """
 
 import os
@@ -15,7 +16,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 sys.path.insert(0, os.path.dirname(__file__))
+import xla_env  # noqa: E402
 from tiny import tiny_config  # noqa: E402
+
+xla_env.use_fast_compile()
 
 
 @pytest.fixture(scope="session")

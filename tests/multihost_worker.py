@@ -18,8 +18,10 @@ faulthandler.dump_traceback_later(int(os.environ.get("MMJAX_WORKER_TIMEOUT", 600
                                   exit=True)
 
 data_dir, num_processes, process_id, port, local_devices = sys.argv[1:6]
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
 sys.path.insert(0, os.path.dirname(__file__))
+import xla_env  # noqa: E402
+
+os.environ["XLA_FLAGS"] = xla_env.with_devices(int(local_devices))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

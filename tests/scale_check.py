@@ -11,8 +11,10 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, os.path.dirname(__file__))
+import xla_env  # noqa: E402
+
+os.environ["XLA_FLAGS"] = xla_env.with_devices(8)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -8,6 +8,8 @@ import time
 
 import orbax.checkpoint as ocp
 
+import xla_env
+
 from mmjax.train import reporting
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,7 +24,7 @@ def launch(workdir, data_dir, *overrides, devices: int = 1,
   `own_group`: in a process group of its own, as a terminal runs a command
   (its Ctrl-C goes to the whole group: `os.killpg`)."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = xla_env.with_devices(devices)
   cmd = [sys.executable, "launch.py", "--config", os.path.join(HERE, "tiny_cli_config.py"),
          f"--workdir={workdir}", f"--config.data.dir={data_dir}",
          *[f"--config.{o}" for o in overrides]]
