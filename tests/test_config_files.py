@@ -5,12 +5,12 @@ import os
 import re
 
 import pytest
+from test_config import SHIPPED
 
 from mmjax import config as config_lib
 from mmjax.config import doc, loader
 from mmjax.config.schema import KEYS, RENAMED
 from mmjax.errors import MmjaxError
-from test_config import SHIPPED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,6 @@ import sys
 import time
 
 import orbax.checkpoint as ocp
-
 import xla_env
 
 from mmjax.train import reporting
