@@ -185,18 +185,35 @@ def bipartite_edge_weights(pairs, num_users: int, num_items: int) -> jax.Array:
   return du[u] ** -0.5 * di[i] ** -0.5
 
 
+def pair_orders(pairs) -> tuple[np.ndarray, np.ndarray]:
+  """The (user, item) pairs' indices stably sorted by user and by item:
+  `pruned_user_item_graph` reads its kept pairs in these orders, so that
+  its edges come out sorted by destination without a sort per draw."""
+  pairs = np.asarray(pairs)
+  return (np.argsort(pairs[:, 0], kind="stable").astype(np.int32),
+          np.argsort(pairs[:, 1], kind="stable").astype(np.int32))
+
+
 def pruned_user_item_graph(key, pairs, weights, keep: int, num_users: int,
-                           num_items: int, on_host: bool = False) -> Edges:
+                           num_items: int, orders=None) -> Edges:
   """FREEDOM's degree-sensitive edge pruning, on device: `keep` of the
   (user, item) `pairs` drawn without replacement with probability
   proportional to `weights` (Gumbel top-k, the law of torch.multinomial
   without replacement), renormalized over the kept edges and made
-  symmetric over U + N nodes (items after users), sorted by destination."""
+  symmetric over U + N nodes (items after users), sorted by destination.
+  `orders`: `pair_orders(pairs)`, computed once for many draws."""
+  if orders is None:
+    orders = jnp.argsort(pairs[:, 0], stable=True), jnp.argsort(pairs[:, 1], stable=True)
   gumbel = jax.random.gumbel(key, weights.shape)
-  kept = pairs[jax.lax.top_k(jnp.log(weights) + gumbel, keep)[1]]
-  w = bipartite_edge_weights(kept, num_users, num_items)
-  u, i = kept[:, 0], kept[:, 1] + num_users
-  src, dst = jnp.concatenate([i, u]), jnp.concatenate([u, i])
-  order = jnp.argsort(dst, stable=True)
-  return Edges(src[order].astype(jnp.int32), dst[order].astype(jnp.int32),
-               jnp.concatenate([w, w])[order], on_host=on_host)
+  top = jax.lax.top_k(jnp.log(weights) + gumbel, keep)[1]
+  kept = jnp.zeros(weights.shape, bool).at[top].set(True)
+  # The kept pairs in user order, then in item order.
+  user_side, item_side = (pairs[o[jnp.nonzero(kept[o], size=keep)[0]]] for o in orders)
+  u, i = user_side[:, 0], item_side[:, 1]
+  ones = jnp.ones((keep,), jnp.float32)
+  du = jax.ops.segment_sum(ones, u, num_users, indices_are_sorted=True) + 1e-7
+  di = jax.ops.segment_sum(ones, i, num_items, indices_are_sorted=True) + 1e-7
+  weight = lambda p: du[p[:, 0]] ** -0.5 * di[p[:, 1]] ** -0.5
+  return Edges(jnp.concatenate([user_side[:, 1] + num_users, item_side[:, 0]]).astype(jnp.int32),
+               jnp.concatenate([u, i + num_users]).astype(jnp.int32),
+               jnp.concatenate([weight(user_side), weight(item_side)]))

@@ -30,6 +30,7 @@ from etils import epath
 from mmjax.data.catalog import TRAIN
 from mmjax.errors import MmjaxError
 from mmjax.models import graph as graph_lib
+from mmjax.models.mmrec_zoo import sparse
 from mmjax.models.mmrec_zoo.common import Batch, Graphs, ZooModel
 from mmjax.train.cost import scan_flops
 from mmjax.train.feature_graph_trainer import data_fingerprint
@@ -130,7 +131,7 @@ def _epoch(model: ZooModel, s: Shape, tx, g: Graphs, sampler: Sampler, state, or
   g = model.epoch_graphs(g, k_graph)
   grad_fn = jax.value_and_grad(model.loss, has_aux=True)
 
-  def step(carry, xs):
+  def step(g, carry, xs):
     params, opt = carry
     idx, drawn, keys = xs
     valid = idx < s.num_train
@@ -146,8 +147,14 @@ def _epoch(model: ZooModel, s: Shape, tx, g: Graphs, sampler: Sampler, state, or
   keys = jax.random.split(k_steps, (s.num_batches, 2))
   # Each row's first negative and its first redraw.
   drawn = sampler.draw(k_neg, (s.num_batches, 2, s.batch_size))
-  (params, opt), metrics = jax.lax.scan(step, (state["params"], state["opt"]),
-                                        (order, drawn, keys))
+  def train(g):
+    return jax.lax.scan(functools.partial(step, g), (state["params"], state["opt"]),
+                        (order, drawn, keys))
+
+  if isinstance(g.ui, sparse.Capped):   # A graph drawn for this epoch.
+    train = functools.partial(sparse.if_fits, g.ui,
+                              lambda ui, train=train: train(dataclasses.replace(g, ui=ui)))
+  (params, opt), metrics = train() if isinstance(g.ui, sparse.Capped) else train(g)
   return (dict(params=params, opt=opt, rng=jax.random.key_data(rng)),
           jax.tree.map(jnp.mean, metrics))
 

@@ -29,6 +29,7 @@ class Graphs:
   item: Any = None                  # FREEDOM's frozen kNN graph (sparse.Static).
   full: Any = None                  # `ui` as a sparse.Static, where a model evaluates over it.
   edge_weights: jax.Array | None = None       # FREEDOM's pruning law, (M,).
+  pair_orders: Any = None           # FREEDOM's graph_lib.pair_orders of the train pairs.
   # FREEDOM's pruned graph layout (sparse.Capped): block width, spill room.
   ui_width: int = dataclasses.field(default=0, metadata=dict(static=True))
   ui_spill: int = dataclasses.field(default=0, metadata=dict(static=True))

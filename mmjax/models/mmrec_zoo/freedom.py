@@ -21,6 +21,7 @@ left out (Adam would leave them unchanged anyway).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -47,10 +48,13 @@ class FREEDOM(C.ZooModel):
     return self.reg_weight != 0.0 and bool(self.feature_dims)
 
   def init(self, key) -> dict:
+    """MMRec's two tables, kept as one (users, then items): the graph
+    products and Adam then read and write one array per step."""
     ku, ki, kf = jax.random.split(key, 3)
     d = self.embedding_size
-    params = dict(user_emb=C.xavier_uniform(ku, (self.num_users, d)),
-                  item_emb=C.xavier_uniform(ki, (self.num_items, d)))
+    params = dict(nodes=jnp.concatenate([
+        C.xavier_uniform(ku, (self.num_users, d)),
+        C.xavier_uniform(ki, (self.num_items, d))]))
     if self.uses_features:
       keys = jax.random.split(kf, len(self.feature_dims))
       params["trs"] = [C.linear_init(k, dim, self.feat_embed_dim)
@@ -78,13 +82,16 @@ class FREEDOM(C.ZooModel):
       edges = graph_lib.stack_edges(
           [graph_lib.topk_mean_graph(f, self.knn_k) for f in features.values()],
           weights)
+      # Laid out to read the item rows of the node table.
       out["item"] = jax.tree.map(jnp.asarray, sparse.Static.from_edges(
-          edges.src, edges.dst, edges.weight, self.num_items))
+          edges.src, edges.dst, edges.weight, self.num_items, offset=self.num_users))
     if self.dropout > 0.0:
+      out["pair_orders"] = tuple(jnp.asarray(o) for o in graph_lib.pair_orders(train_pairs))
       # The pruned graphs' degrees barely vary between draws: a few size
       # the layout; a draw that spills more takes the segment sum.
       nodes = self.num_users + self.num_items
-      draw = jax.jit(lambda k: self._pruned(pairs, out["edge_weights"], k).dst)
+      draw = jax.jit(lambda k: self._pruned(pairs, out["edge_weights"], k,
+                                            out["pair_orders"]).dst)
       degrees = [np.bincount(np.asarray(draw(jax.random.key(s))), minlength=nodes)
                  for s in range(3)]
       out["ui_width"], out["ui_spill"] = sparse.capped_layout(degrees)
@@ -93,44 +100,31 @@ class FREEDOM(C.ZooModel):
   def keep(self, num_edges: int) -> int:
     return int(num_edges * (1.0 - self.dropout))
 
-  def _pruned(self, pairs, weights, key):
+  def _pruned(self, pairs, weights, key, orders):
     return graph_lib.pruned_user_item_graph(
-        key, pairs, weights, self.keep(pairs.shape[0]), self.num_users, self.num_items)
+        key, pairs, weights, self.keep(pairs.shape[0]), self.num_users, self.num_items,
+        orders)
 
   def epoch_graphs(self, g, key):
     if self.dropout <= 0.0:
       return g
-    ui = self._pruned(g.train_pairs, g.edge_weights, key)
+    ui = self._pruned(g.train_pairs, g.edge_weights, key, g.pair_orders)
     ui = sparse.Capped.from_edges(ui, self.num_users + self.num_items,
                                   g.ui_width, g.ui_spill)
     return dataclasses.replace(g, ui=ui)
 
-  def _tables(self, params, g, ui=None):
-    """(the layer mean over the user-item graph `ui` (default g.ui),
-    (U + N, d); the item graph's h, (N, d)): users are the first U rows,
-    items the rest plus h."""
-    h = params["item_emb"]
-    if g.item is not None:
-      for _ in range(self.n_mm_layers):
-        h = sparse.propagate(h, g.item)
-    x = jnp.concatenate([params["user_emb"], params["item_emb"]])
-    return sparse.layer_mean(x, g.ui if ui is None else ui, self.n_ui_layers), h
-
   def vectors(self, params, g):
-    nodes, h = self._tables(params, g, g.full)
+    x = params["nodes"]
+    nodes = sparse.layer_mean(x, g.full, self.n_ui_layers)
     users, items = C.split_nodes(nodes, self.num_users)
-    return users, items + h
+    return users, items + _item_graph(x, g.item, self.num_users, self.n_mm_layers)
 
   def loss(self, params, g, batch, key):
     del key
-    nodes, h = self._tables(params, g)
-    # Rows gathered from the whole tables: the gradient is one scatter into
-    # each, not per-split tables padded back together.
-    b = batch.users.shape[0]
-    items = jnp.concatenate([batch.items, batch.negatives])
-    rows = nodes[jnp.concatenate([batch.users, items + self.num_users])]
-    u, it = rows[:b], rows[b:] + h[items]
-    mf = C.bpr(C.row_dot(u, it[:b]), C.row_dot(u, it[b:]), batch.valid)
+    shape = (self.num_users, self.n_ui_layers, self.n_mm_layers)
+    u, (pos, neg) = final_rows(shape, params["nodes"], batch.users,
+                               (batch.items, batch.negatives), g.ui, g.item)
+    mf = C.bpr(C.row_dot(u, pos), C.row_dot(u, neg), batch.valid)
     feat = jnp.zeros((), jnp.float32)
     if self.uses_features:
       for table, trs in zip(params["feat"], params["trs"]):
@@ -139,3 +133,80 @@ class FREEDOM(C.ZooModel):
         feat = feat + C.bpr(C.row_dot(u, p), C.row_dot(u, n), batch.valid)
     loss = mf + self.reg_weight * feat
     return loss, dict(loss=loss, bpr=mf, feature_bpr=feat)
+
+
+def _item_graph(x, item, num_users: int, layers: int, transpose: bool = False):
+  """The item graph's `layers` products (N, d) of the item rows of the node
+  table x (the graph reads them in place), or of its transpose."""
+  if item is None or not layers:
+    return x[num_users:]
+  ell = item.a_t if transpose else item.a
+  h = ell.matmul(x)
+  for _ in range(layers - 1):
+    h = ell.matmul(jnp.concatenate([x[:num_users], h]))
+  return h
+
+
+def _product(x, graph):
+  """A x over the user-item graph: as drawn this epoch (sparse.Capped) or
+  fixed (graph_lib.Edges, without pruning)."""
+  if isinstance(graph, sparse.Capped):
+    return sparse.capped_product(x, graph)
+  return graph_lib.propagate(x, graph)
+
+
+def _product_at(x, graph):
+  """rows -> (A x)[rows]."""
+  if isinstance(graph, sparse.Capped) and not graph.checked:
+    return sparse.capped_rows(x, graph)
+  y = _product(x, graph)
+  return lambda rows: y[rows]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def final_rows(shape, x, users, items, ui, item):
+  """FREEDOM's final vectors of `users` and of each array of item ids in
+  the tuple `items`, from the node table x (U users, then the items), with
+  shape = (U, ui layers L, item graph layers): users M x, items M x + h,
+  M = (I + A + ... + A^L) / (L + 1) the layer mean over `ui` and h the item
+  graph's products of the item rows of x. M runs as its Horner form
+  x + A (x + A (...)), one product a layer, gathered at the rows used; the
+  VJP scatters the rows' cotangents once and applies M (symmetric) and the
+  item graph's transpose: fewer passes over the tables than autodiff's."""
+  return _final_rows_fwd(shape, x, users, items, ui, item)[0]
+
+
+def _final_rows_fwd(shape, x, users, items, ui, item):
+  num_users, layers, item_layers = shape
+  t = x
+  for _ in range(layers - 1):
+    t = x + _product(t, ui)
+  last = _product_at(t, ui) if layers else lambda rows: 0.0
+  mean = lambda rows: (x[rows] + last(rows)) / (layers + 1)
+  h = _item_graph(x, item, num_users, item_layers) if item is not None else None
+  out_items = tuple(mean(num_users + i) + (h[i] if h is not None else 0.0) for i in items)
+  return (mean(users), out_items), (x.shape, users, items, ui, item)
+
+
+def _final_rows_bwd(shape, res, dz):
+  num_users, layers, item_layers = shape
+  x_shape, users, items, ui, item = res
+  du, ditems = dz
+  # Scaled first: M's 1 / (L + 1) costs no pass over the table.
+  scale = 1.0 / (layers + 1)
+  g = jnp.zeros(x_shape, du.dtype).at[users].add(du * scale)
+  for i, di in zip(items, ditems):
+    g = g.at[num_users + i].add(di * scale)
+  dx = g
+  for _ in range(layers):
+    dx = g + _product(dx, ui)
+  if item is not None:
+    # The item rows' cotangents reach h unchanged.
+    dx = dx.at[num_users:].add(
+        (layers + 1) * _item_graph(g, item, num_users, item_layers, transpose=True))
+  ids = lambda a: np.zeros(a.shape, jax.dtypes.float0)
+  return (dx, ids(users), tuple(ids(i) for i in items), sparse.no_gradient(ui),
+          sparse.no_gradient(item))
+
+
+final_rows.defvjp(_final_rows_fwd, _final_rows_bwd)

@@ -105,11 +105,13 @@ class Static:
   a_t: Ell
 
   @classmethod
-  def from_edges(cls, src, dst, weight, num_nodes: int) -> "Static":
-    """A[dst, src] = weight over `num_nodes` nodes (graph_lib.Edges order)."""
+  def from_edges(cls, src, dst, weight, num_nodes: int, offset: int = 0) -> "Static":
+    """A[dst, src] = weight over `num_nodes` nodes (graph_lib.Edges order);
+    `offset`: the products read rows offset.. of a larger table (A x[offset:]
+    without slicing x; `propagate`'s VJP then does not apply)."""
     src, dst, weight = (np.asarray(a) for a in (src, dst, weight))
-    return cls(Ell.from_entries(dst, src, weight, num_nodes),
-               Ell.from_entries(src, dst, weight, num_nodes))
+    return cls(Ell.from_entries(dst, src + offset, weight, num_nodes),
+               Ell.from_entries(src, dst + offset, weight, num_nodes))
 
 
 @jax.custom_vjp
@@ -123,7 +125,7 @@ def _propagate_fwd(x, graph):
 
 
 def _propagate_bwd(graph, g):
-  return graph.a_t.matmul(g), _no_gradient(graph)
+  return graph.a_t.matmul(g), no_gradient(graph)
 
 
 propagate.defvjp(_propagate_fwd, _propagate_bwd)
@@ -142,6 +144,13 @@ class Capped:
   spill: graph_lib.Edges
   fits: jax.Array
   edges: graph_lib.Edges
+  # For products at a few rows: each spilled edge's place among the distinct
+  # spilled destinations, and each node's (`spill` for none).
+  spill_segment: jax.Array
+  spill_slot: jax.Array
+  # False once the caller has checked `fits` for a whole computation (see
+  # `if_fits`): the products then skip their own `lax.cond`.
+  checked: bool = dataclasses.field(default=True, metadata=dict(static=True))
 
   @classmethod
   def from_edges(cls, e: graph_lib.Edges, num_nodes: int, width: int,
@@ -161,8 +170,12 @@ class Capped:
     spilled = graph_lib.Edges(jnp.where(used, e.src[idx], 0),
                               jnp.where(used, e.dst[idx], num_nodes - 1),
                               jnp.where(used, e.weight[idx], 0.0))
+    first = jnp.concatenate([jnp.ones((1,), bool), spilled.dst[1:] != spilled.dst[:-1]])
+    segment = jnp.cumsum(first) - 1
+    slot = jnp.full((num_nodes,), spill, jnp.int32).at[
+        jnp.where(used, spilled.dst, num_nodes)].set(segment, mode="drop")
     return cls(cols, vals, spilled, jnp.sum(over) <= spill,
-               dataclasses.replace(e, on_host=False))
+               dataclasses.replace(e, on_host=False), segment, slot)
 
 
 def _gathered(x, cols, vals):
@@ -181,7 +194,36 @@ def _capped_product(x, g: Capped):
     msg = x[s.src] * s.weight[:, None].astype(x.dtype)
     return _gathered(x, g.cols, g.vals).at[s.dst].add(msg, indices_are_sorted=True)
 
+  if not g.checked:
+    return fast(x)
   return jax.lax.cond(g.fits, fast, lambda x: graph_lib.propagate(x, g.edges), x)
+
+
+def capped_product(x: jax.Array, g: Capped) -> jax.Array:
+  """A x over the whole graph (no VJP rule: see `propagate_symmetric`)."""
+  return _capped_product(x, g)
+
+
+def capped_rows(x: jax.Array, g: Capped):
+  """rows -> (A x)[rows], gathering those rows' blocks only (`g` checked,
+  see `if_fits`); the spilled edges are summed once per distinct
+  destination."""
+  assert not g.checked, "capped_rows needs a layout checked by if_fits"
+  s = g.spill
+  msg = x[s.src] * s.weight[:, None].astype(x.dtype)
+  spilled = jax.ops.segment_sum(msg, g.spill_segment, s.dst.shape[0] + 1,
+                                indices_are_sorted=True)   # Last row: none.
+  take = lambda a, rows: a.at[rows].get(mode="promise_in_bounds")
+  return lambda rows: (_gathered(x, take(g.cols, rows), take(g.vals, rows))
+                       + take(spilled, take(g.spill_slot, rows)))
+
+
+def if_fits(g: Capped, run):
+  """run(graph) with `g` as laid out if this draw fits its room, else with
+  its plain edges: one `lax.cond` around a whole computation instead of
+  one per product, so that XLA can fuse across the products."""
+  return jax.lax.cond(g.fits, lambda: run(dataclasses.replace(g, checked=False)),
+                      lambda: run(g.edges))
 
 
 @jax.custom_vjp
@@ -195,13 +237,13 @@ def _symmetric_fwd(x, graph):
 
 
 def _symmetric_bwd(graph, g):
-  return _capped_product(g, graph), _no_gradient(graph)
+  return _capped_product(g, graph), no_gradient(graph)
 
 
 propagate_symmetric.defvjp(_symmetric_fwd, _symmetric_bwd)
 
 
-def _no_gradient(graph):
+def no_gradient(graph):
   """The graph is a constant: zero cotangents for its leaves."""
   return jax.tree.map(lambda a: (jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.floating)
                                  else np.zeros(a.shape, jax.dtypes.float0)), graph)
