@@ -1,7 +1,7 @@
 """The zoo's gather layouts (mmjax.models.mmrec_zoo.sparse) compute what the
 segment sum computes, values and gradients, including the pruned graph's
 fallback when a draw spills past its room; and the epoch's host shuffle and
-pre-drawn negatives keep MMRec's laws."""
+negatives keep MMRec's laws."""
 
 import jax
 import jax.numpy as jnp
@@ -78,14 +78,14 @@ def test_epoch_order_is_a_seeded_permutation_then_padding():
   assert not np.array_equal(a, epoch_order(np.array([1, 3], np.uint32), s))
 
 
-def test_spare_redraws_are_used_and_never_train_items():
+def test_negatives_redraw_past_the_room_of_a_round_and_never_hit_train_items():
+  # User 0 holds 8 of the 12 items: two of three draws are train items, so
+  # more rows stay bad after the spare redraw than one round's room.
   pairs = np.array([[0, i] for i in range(8)] + [[1, i] for i in range(8, 12)])
   s = Sampler.from_pairs(pairs, 2)
   assert s.steps == 4   # 8 items for user 0: 4 halvings.
-  users = jnp.zeros(64, jnp.int32)
-  neg = jnp.zeros(64, jnp.int32)             # All train items of user 0.
-  spare = jnp.full(64, 5, jnp.int32)         # Also a train item.
-  out = np.asarray(s.redraw(jax.random.key(0), users, neg, spare))
-  assert np.isin(out, np.arange(8, 12)).all()
-  ok = jnp.full(64, 9, jnp.int32)   # User 1's item: the spare is kept.
-  np.testing.assert_array_equal(s.redraw(jax.random.key(0), users, neg, ok), 9)
+  users = jnp.asarray(np.repeat([[0], [1]], 500, axis=1), jnp.int32)   # (2, 500)
+  out = np.asarray(s.negatives(jax.random.key(0), users, room=32))
+  assert out.shape == (2, 500)
+  assert np.isin(out[0], np.arange(8, 12)).all() and len(set(out[0].tolist())) == 4
+  assert np.isin(out[1], np.arange(8)).all() and len(set(out[1].tolist())) == 8

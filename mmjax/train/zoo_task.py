@@ -7,9 +7,11 @@ the padding masked out of every mean); for models with negative sampling one
 negative per pair, drawn uniformly from the items that occur in train and
 redrawn while it is one of the user's train items (MMRec's `_sample_neg_ids`).
 The shuffle is NumPy's, seeded by the state's RNG, on the host (XLA:CPU's
-sort of the pairs cost more than the rest of a short epoch); the first draw
-of every negative of the epoch is one vectorized draw; FREEDOM's per-epoch
-edge pruning runs at the start of the epoch program.
+sort of the pairs cost more than the rest of a short epoch). The negatives
+do not depend on the parameters, so all of an epoch's are drawn before its
+first step, in a few large draws. FREEDOM's per-epoch edge pruning runs at
+the start of the epoch program, and the epoch runs under one check that the
+drawn graph fits its gather layout (sparse.if_fits).
 Adam at MMRec's learning rate (its default scheduler, [1.0, 50], is
 constant). One run per task: the loop validates every `train.eval_every`
 epochs, stops early and keeps the best state.
@@ -36,7 +38,7 @@ from mmjax.train.cost import scan_flops
 from mmjax.train.feature_graph_trainer import data_fingerprint
 
 MODEL_FILE = "zoo_model.json"
-MAX_REDRAWS = 100   # A user with every train item would redraw forever.
+MAX_REDRAWS = 100   # Rounds: a user with every train item would redraw forever.
 
 
 @jax.tree_util.register_dataclass
@@ -80,14 +82,17 @@ class Sampler:
     """Items drawn uniformly from the pool."""
     return self.pool[jax.random.randint(key, shape, 0, self.pool.shape[0])]
 
-  def redraw(self, key, users, neg, spare=None) -> jax.Array:
-    """`neg` (one per user row) with every train item of its user redrawn,
-    again while it is one; `spare`, if given, are the first redraws (drawn
-    ahead with the epoch's other draws: most batches need no more)."""
-    bad = self.is_train(users, neg)
-    if spare is not None:
-      neg = jnp.where(bad, spare, neg)
-      bad = self.is_train(users, neg)
+  def negatives(self, key, users, room: int = 1024) -> jax.Array:
+    """One negative per entry of `users` (any shape), MMRec's law: drawn
+    uniformly from the pool, redrawn while it is a train item of its user.
+    Every row gets a first draw and a spare redraw in two vectorized draws;
+    the few rows still bad are then redrawn `room` at a time."""
+    k_first, k_spare, key = jax.random.split(key, 3)
+    flat = users.reshape(-1)
+    neg = self.draw(k_first, flat.shape)
+    neg = jnp.where(self.is_train(flat, neg), self.draw(k_spare, flat.shape), neg)
+    bad = self.is_train(flat, neg)
+    room = min(room, flat.shape[0])
 
     def cond(c):
       return (c[0] < MAX_REDRAWS) & jnp.any(c[2])
@@ -95,15 +100,13 @@ class Sampler:
     def body(c):
       n, neg, bad, key = c
       key, k = jax.random.split(key)
-      neg = jnp.where(bad, self.draw(k, users.shape), neg)
-      return n + 1, neg, self.is_train(users, neg), key
+      (rows,) = jnp.nonzero(bad, size=room, fill_value=flat.shape[0])
+      new = self.draw(k, (room,))
+      still = self.is_train(flat.at[rows].get(mode="fill", fill_value=0), new)
+      return (n + 1, neg.at[rows].set(new, mode="drop"),
+              bad.at[rows].set(still, mode="drop"), key)
 
-    return jax.lax.while_loop(cond, body, (0, neg, bad, key))[1]
-
-  def negatives(self, key, users) -> jax.Array:
-    """One negative per user row, redrawn while it is a train item of the user."""
-    key, first = jax.random.split(key)
-    return self.redraw(key, users, self.draw(first, users.shape))
+    return jax.lax.while_loop(cond, body, (0, neg, bad, key))[1].reshape(users.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,31 +133,30 @@ def _epoch(model: ZooModel, s: Shape, tx, g: Graphs, sampler: Sampler, state, or
   rng, k_neg, k_graph, k_steps = jax.random.split(jax.random.wrap_key_data(state["rng"]), 4)
   g = model.epoch_graphs(g, k_graph)
   grad_fn = jax.value_and_grad(model.loss, has_aux=True)
+  pairs = g.train_pairs[jnp.minimum(order, s.num_train - 1)]
+  # The epoch's negatives in a few large draws, not a few per step: they do
+  # not depend on the parameters.
+  negatives = sampler.negatives(k_neg, pairs[..., 0]) if model.negatives else None
+  keys = jax.random.split(k_steps, s.num_batches)
 
   def step(g, carry, xs):
     params, opt = carry
-    idx, drawn, keys = xs
-    valid = idx < s.num_train
-    pairs = g.train_pairs[jnp.minimum(idx, s.num_train - 1)]
-    neg = (sampler.redraw(keys[0], pairs[:, 0], drawn[0], drawn[1])
-           if model.negatives else None)
-    batch = Batch(users=pairs[:, 0], items=pairs[:, 1], negatives=neg, valid=valid)
-    (_, metrics), grads = grad_fn(params, g, batch, keys[1])
+    idx, pairs, neg, key = xs
+    batch = Batch(users=pairs[:, 0], items=pairs[:, 1], negatives=neg,
+                  valid=idx < s.num_train)
+    (_, metrics), grads = grad_fn(params, g, batch, key)
     updates, opt = tx.update(grads, opt, params)
     return (optax.apply_updates(params, updates), opt), metrics
 
-  # The epoch's random numbers in a few large draws, not two per step.
-  keys = jax.random.split(k_steps, (s.num_batches, 2))
-  # Each row's first negative and its first redraw.
-  drawn = sampler.draw(k_neg, (s.num_batches, 2, s.batch_size))
   def train(g):
     return jax.lax.scan(functools.partial(step, g), (state["params"], state["opt"]),
-                        (order, drawn, keys))
+                        (order, pairs, negatives, keys))
 
-  if isinstance(g.ui, sparse.Capped):   # A graph drawn for this epoch.
-    train = functools.partial(sparse.if_fits, g.ui,
-                              lambda ui, train=train: train(dataclasses.replace(g, ui=ui)))
-  (params, opt), metrics = train() if isinstance(g.ui, sparse.Capped) else train(g)
+  if isinstance(g.ui, sparse.Capped):   # Drawn for this epoch: checked once.
+    (params, opt), metrics = sparse.if_fits(
+        g.ui, lambda ui: train(dataclasses.replace(g, ui=ui)))
+  else:
+    (params, opt), metrics = train(g)
   return (dict(params=params, opt=opt, rng=jax.random.key_data(rng)),
           jax.tree.map(jnp.mean, metrics))
 

@@ -169,7 +169,8 @@ def final_rows(shape, x, users, items, ui, item):
   the tuple `items`, from the node table x (U users, then the items), with
   shape = (U, ui layers L, item graph layers): users M x, items M x + h,
   M = (I + A + ... + A^L) / (L + 1) the layer mean over `ui` and h the item
-  graph's products of the item rows of x. M runs as its Horner form
+  graph's products of the item rows of x (those rows themselves without an
+  item graph, as in MMRec). M runs as its Horner form
   x + A (x + A (...)), one product a layer, gathered at the rows used; the
   VJP scatters the rows' cotangents once and applies M (symmetric) and the
   item graph's transpose: fewer passes over the tables than autodiff's."""
@@ -183,8 +184,8 @@ def _final_rows_fwd(shape, x, users, items, ui, item):
     t = x + _product(t, ui)
   last = _product_at(t, ui) if layers else lambda rows: 0.0
   mean = lambda rows: (x[rows] + last(rows)) / (layers + 1)
-  h = _item_graph(x, item, num_users, item_layers) if item is not None else None
-  out_items = tuple(mean(num_users + i) + (h[i] if h is not None else 0.0) for i in items)
+  h = _item_graph(x, item, num_users, item_layers)
+  out_items = tuple(mean(num_users + i) + h[i] for i in items)
   return (mean(users), out_items), (x.shape, users, items, ui, item)
 
 
@@ -200,10 +201,9 @@ def _final_rows_bwd(shape, res, dz):
   dx = g
   for _ in range(layers):
     dx = g + _product(dx, ui)
-  if item is not None:
-    # The item rows' cotangents reach h unchanged.
-    dx = dx.at[num_users:].add(
-        (layers + 1) * _item_graph(g, item, num_users, item_layers, transpose=True))
+  # The item rows' cotangents reach h unchanged.
+  dx = dx.at[num_users:].add(
+      (layers + 1) * _item_graph(g, item, num_users, item_layers, transpose=True))
   ids = lambda a: np.zeros(a.shape, jax.dtypes.float0)
   return (dx, ids(users), tuple(ids(i) for i in items), sparse.no_gradient(ui),
           sparse.no_gradient(item))
