@@ -188,7 +188,8 @@ def _gathered(x, cols, vals):
   return y
 
 
-def _capped_product(x, g: Capped):
+def capped_product(x: jax.Array, g: Capped) -> jax.Array:
+  """A x over the whole graph (no VJP rule: see `propagate_symmetric`)."""
   def fast(x):
     s = g.spill
     msg = x[s.src] * s.weight[:, None].astype(x.dtype)
@@ -197,11 +198,6 @@ def _capped_product(x, g: Capped):
   if not g.checked:
     return fast(x)
   return jax.lax.cond(g.fits, fast, lambda x: graph_lib.propagate(x, g.edges), x)
-
-
-def capped_product(x: jax.Array, g: Capped) -> jax.Array:
-  """A x over the whole graph (no VJP rule: see `propagate_symmetric`)."""
-  return _capped_product(x, g)
 
 
 def capped_rows(x: jax.Array, g: Capped):
@@ -229,15 +225,15 @@ def if_fits(g: Capped, run):
 @jax.custom_vjp
 def propagate_symmetric(x: jax.Array, graph: Capped) -> jax.Array:
   """y = A x for a symmetric A, whose VJP A^T g is then A g."""
-  return _capped_product(x, graph)
+  return capped_product(x, graph)
 
 
 def _symmetric_fwd(x, graph):
-  return _capped_product(x, graph), graph
+  return capped_product(x, graph), graph
 
 
 def _symmetric_bwd(graph, g):
-  return _capped_product(g, graph), no_gradient(graph)
+  return capped_product(g, graph), no_gradient(graph)
 
 
 propagate_symmetric.defvjp(_symmetric_fwd, _symmetric_bwd)
