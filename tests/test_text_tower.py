@@ -76,7 +76,7 @@ def _programs(cfg):
                    num_train=len(data.pairs[ft.TRAIN]), batch_size=cfg.train.batch_size,
                    negatives=cfg.feature_graph.negatives, layers=cfg.feature_graph.layers,
                    item_layers=cfg.feature_graph.item_layers,
-                   tower_items=cfg.feature_graph.tower_items)
+                   tower_plan=tower.plan)
   return consts, fs.Programs(cfg.feature_graph, cfg.model.dim, shape, [], mesh, tower), tower
 
 

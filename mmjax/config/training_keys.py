@@ -143,6 +143,10 @@ TRAINING_KEYS: tuple[Key, ...] = (
     K("feature_graph.tower_items", 256, "Items the tower encodes per step (of "
       "the uniformly drawn negatives); the others are its memory of their "
       "latest vectors.", bounds=POS, paths=FEATURE_GRAPH),
+    K("feature_graph.tower_buckets", 4, "Length groups of the texts: each "
+      "step encodes the tower's items of a group at that group's width, "
+      "chosen to minimise padding (1: all at the longest text's).",
+      bounds=POS, paths=FEATURE_GRAPH),
     K("feature_graph.tower_lr", 1e-4, "Learning rate of the tower's blocks "
       "(train.lr: the rest).", bounds=NONNEG, paths=FEATURE_GRAPH),
     K("grid.axes", "", "A search: \"KEY=V1,V2; KEY2=...\", the cartesian "

@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mmjax.losses.contrastive import infonce, masked_mean
 from mmjax.models import graph as graph_lib
+from mmjax.models import text_tower
 from mmjax.models.aligners import l2_normalize
 from mmjax.models.feature_graph import FeatureGraphRecommender
 from mmjax.models.text_tower import TowerInputs
@@ -68,11 +70,16 @@ class Shape:
   negatives: int
   layers: int
   item_layers: int
-  tower_items: int = 0    # Items the text tower encodes per step (0: no tower).
+  tower_plan: tuple = ()  # text_tower.Bucket per length group (): no tower.
 
   @property
   def num_batches(self) -> int:
     return -(-self.num_train // self.batch_size)
+
+  @property
+  def tower_items(self) -> int:
+    """Items the text tower encodes per step: the first of the negatives."""
+    return sum(b.draws for b in self.tower_plan)
 
 
 def build_model(fcfg, dim: int, num_users: int, num_items: int, feature_dims,
@@ -101,7 +108,7 @@ def _loss(model, c: Constants, hp, s: Shape, pairs, valid, neg):
   tower_vectors = fresh = None
   if model.text_tower is not None:
     # The uniformly drawn items: the alignment below sees the same rows fresh.
-    tower_vectors, fresh = model.text_tower(c.tower, neg[:s.tower_items])
+    tower_vectors, fresh = model.text_tower(c.tower, neg[:s.tower_items], s.tower_plan)
   users, items, zs = model(c.features, c.ui_graph, c.item_graph, layers=s.layers,
                            item_layers=s.item_layers,
                            content_weight=hp["content_weight"],
@@ -111,7 +118,10 @@ def _loss(model, c: Constants, hp, s: Shape, pairs, valid, neg):
   users = l2_normalize(users)
   neg_logits = users @ l2_normalize(items[neg]).T / t                # (U, S)
   pos = jnp.sum(users[uid] * l2_normalize(items[iid]), -1) / t       # (B,)
-  neg_lse = jax.nn.logsumexp(neg_logits, axis=1) + jnp.log(s.num_items / s.negatives)
+  weighted = neg_logits
+  if s.tower_plan:   # The tower's rows are drawn per length bucket.
+    weighted = neg_logits + text_tower.log_weights(s.tower_plan, s.num_items, s.negatives)
+  neg_lse = jax.nn.logsumexp(weighted, axis=1) + jnp.log(s.num_items / s.negatives)
   softmax = masked_mean(jnp.logaddexp(pos, neg_lse[uid]) - pos, valid)
   # BPR with one uniform negative per row (MMRec's sampling).
   one = neg_logits[uid, jnp.arange(len(uid)) % s.negatives]
@@ -150,6 +160,17 @@ def epoch_order(key, s: Shape) -> jax.Array:
   return order.reshape(s.num_batches, s.batch_size)
 
 
+def negatives(key, s: Shape, c: Constants) -> jax.Array:
+  """(S,) a step's negatives: uniform over the items; with a text tower, its
+  rows first, drawn per length bucket (`text_tower.draw`)."""
+  if not s.tower_plan:
+    return jax.random.randint(key, (s.negatives,), 0, s.num_items)
+  tower_key, key = jax.random.split(key)
+  rest = jax.random.randint(key, (s.negatives - s.tower_items,), 0, s.num_items)
+  return jnp.concatenate([text_tower.draw(tower_key, c.tower.by_length, s.tower_plan),
+                          rest])
+
+
 def _epoch(graphdef, s: Shape, c: Constants, state, hp):
   rng, perm_key, neg_key = jax.random.split(jax.random.wrap_key_data(state["rng"]), 3)
   order = epoch_order(perm_key, s)
@@ -161,7 +182,7 @@ def _epoch(graphdef, s: Shape, c: Constants, state, hp):
     idx, key = xs
     valid = idx < s.num_train
     pairs = c.train_pairs[jnp.minimum(idx, s.num_train - 1)]
-    neg = jax.random.randint(key, (s.negatives,), 0, s.num_items)
+    neg = negatives(key, s, c)
     grad_fn = jax.grad(lambda p: _loss(nnx.merge(graphdef, p), c, hp, s, pairs,
                                        valid, neg), has_aux=True)
     grads, (metrics, fresh) = grad_fn(params)

@@ -64,7 +64,8 @@ def load_tower(config, data: mmrec.MMRecData) -> text_tower.Prepared | None:
     raise MmjaxError(f"config.feature_graph.text_file: {path} has {len(texts)} items, "
                      f"the interactions {data.num_items} (max itemID + 1)")
   return text_tower.prepare(texts, f.text_tower, blocks=f.tower_blocks,
-                            max_len=f.max_text_len)
+                            max_len=f.max_text_len, items=f.tower_items,
+                            buckets=f.tower_buckets)
 
 
 def run_list(config) -> tuple[list[int], list[dict], list[dict]]:
@@ -155,14 +156,15 @@ class FeatureGraphTask:
     tower = load_tower(config, data)
     self.tower = None if tower is None else dict(
         model=fcfg.text_tower, blocks=tower.blocks, width=tower.width,
-        tokens=int(tower.inputs.mask.shape[1]), at_max_len=tower.at_max_len)
+        tokens=int(tower.inputs.mask.shape[1]), at_max_len=tower.at_max_len,
+        buckets=[dict(width=b.width, items=b.size, per_step=b.draws) for b in tower.plan])
     self.consts = build_constants(data, fcfg, mesh, tower)
     self.shape = fs.Shape(
         num_users=data.num_users, num_items=data.num_items,
         num_train=len(data.pairs[TRAIN]), batch_size=config.train.batch_size,
         negatives=fcfg.negatives, layers=fcfg.layers,
         item_layers=fcfg.item_layers if self.consts.item_graph is not None else 0,
-        tower_items=fcfg.tower_items if tower else 0)
+        tower_plan=tower.plan if tower else ())
     self.examples_per_unit = self.runs * self.shape.num_train
     feature_dims = [f.shape[1] for f in data.features.values()]
     try:
@@ -185,7 +187,9 @@ class FeatureGraphTask:
                f"; text tower: the last {self.tower['blocks']} block(s) of "
                f"{self.tower['model']}, {self.shape.tower_items} items per step, "
                f"{self.tower['tokens']} tokens per text ({self.tower['at_max_len']} "
-               "at feature_graph.max_text_len)"))
+               "at feature_graph.max_text_len), in buckets of "
+               + ", ".join(f"{b['per_step']} at {b['width']}" for b in self.tower["buckets"])
+               + " tokens"))
 
   def _keys(self):
     return jax.vmap(jax.random.key)(jnp.asarray(
