@@ -140,9 +140,9 @@ TRAINING_KEYS: tuple[Key, ...] = (
     K("feature_graph.tower_blocks", 1, "The tower's last blocks that train; the "
       "rest stay frozen and run once, before training.", bounds=POS,
       paths=FEATURE_GRAPH),
-    K("feature_graph.tower_items", 256, "Items the tower encodes per step (of "
-      "the uniformly drawn negatives); the others are its memory of their "
-      "latest vectors.", bounds=POS, paths=FEATURE_GRAPH),
+    K("feature_graph.tower_items", 256, "Items the tower encodes per step (the "
+      "first of the negatives, drawn per length bucket); the others are its "
+      "memory of their latest vectors.", bounds=POS, paths=FEATURE_GRAPH),
     K("feature_graph.tower_buckets", 4, "Length groups of the texts: each "
       "step encodes the tower's items of a group at that group's width, "
       "chosen to minimise padding (1: all at the longest text's).",

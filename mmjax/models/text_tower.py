@@ -111,11 +111,12 @@ class TextTower(nnx.Module):
     memory = jax.lax.stop_gradient(self.memory[...])
     if rows is None:
       return memory, None
+    spans = [(b.draws, b.width) for b in plan] or [(len(rows), inputs.mask.shape[1])]
     groups, start = [], 0
-    for b in plan or (Bucket(0, 0, inputs.mask.shape[1], len(rows)),):
-      r = rows[start:start + b.draws]
-      groups.append(self.encode(inputs.hidden[r, :b.width], inputs.mask[r, :b.width]))
-      start += b.draws
+    for count, width in spans:
+      r = rows[start:start + count]
+      groups.append(self.encode(inputs.hidden[r, :width], inputs.mask[r, :width]))
+      start += count
     fresh = jnp.concatenate(groups) if len(groups) > 1 else groups[0]
     return memory.at[rows].set(fresh), fresh
 
@@ -152,8 +153,7 @@ def make_plan(lengths: np.ndarray, buckets: int, items: int) -> tuple[Bucket, ..
   draws: in proportion to their sizes (largest remainders), at least one
   each, so no text is left out of training."""
   widths = bucket_widths(lengths, max(1, min(buckets, items)))
-  sizes = np.diff(np.searchsorted(np.sort(np.maximum(lengths, 1)), widths,
-                                  side="right"), prepend=0)
+  sizes = np.diff(np.searchsorted(np.sort(lengths), widths, side="right"), prepend=0)
   share = items * sizes / sizes.sum()
   draws = np.maximum(np.floor(share).astype(int), 1)
   while draws.sum() < items:

@@ -107,7 +107,7 @@ def _loss(model, c: Constants, hp, s: Shape, pairs, valid, neg):
   """
   tower_vectors = fresh = None
   if model.text_tower is not None:
-    # The uniformly drawn items: the alignment below sees the same rows fresh.
+    # The first negatives: the alignment below sees the same rows fresh.
     tower_vectors, fresh = model.text_tower(c.tower, neg[:s.tower_items], s.tower_plan)
   users, items, zs = model(c.features, c.ui_graph, c.item_graph, layers=s.layers,
                            item_layers=s.item_layers,
